@@ -56,3 +56,7 @@ class Record(BaseModel):
     reference: Reference
     source: str
     meta: dict[str, Any] = Field(default_factory=dict)
+
+    def verifier_reference(self) -> dict[str, Any]:
+        """The reference fields its verifier takes, plus ``prompt`` (instruction checkers read it)."""
+        return {**self.reference.verifier_fields(), "prompt": self.prompt}

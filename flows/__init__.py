@@ -1,0 +1,1 @@
+"""Prefect flows: wiring only. ``post_training.py`` holds the stage order."""

@@ -1,0 +1,52 @@
+"""What a stage function receives: its inputs as local folders, an output folder, and a tracker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from posttrain.config import Recipe
+
+
+@dataclass
+class StageContext:
+    """Everything a stage needs besides its own config.
+
+    ``inputs`` maps names (``model``, ``rl_math``...) to local folders of upstream outputs;
+    files the stage writes under ``out_dir`` are published when it returns; ``tracker`` is the
+    stage's MLflow child run (None when tracking is off).
+    """
+
+    stage: str
+    recipe: Recipe
+    out_dir: Path
+    inputs: dict[str, Path] = field(default_factory=dict)
+    tracker: Any = None
+    data_root: str | None = None
+
+    @property
+    def seed(self) -> int:
+        return self.recipe.seed
+
+    @property
+    def model_in(self) -> Path:
+        """The upstream model folder (``inputs["model"]``)."""
+        return self.inputs["model"]
+
+    @property
+    def model_out(self) -> Path:
+        """Where a stage writes the model it produces."""
+        return self.out_dir / "model"
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if self.tracker is not None:
+            self.tracker.log_metrics(metrics, step)
+
+    def callbacks(self) -> list:
+        """Trainer callbacks that stream per-step metrics to MLflow."""
+        if self.tracker is None:
+            return []
+        from posttrain.tracking import trainer_callback
+
+        return [trainer_callback(self.tracker, self.stage)]

@@ -1,0 +1,40 @@
+"""The one error a loader raises for bad data: it names the file, the row and the field."""
+
+from __future__ import annotations
+
+
+class DataError(ValueError):
+    """A row of a data file does not have the shape its loader expects.
+
+    Attributes:
+        path: the file (or URI) holding the bad row.
+        row: 1-based position of the row (the line number for JSONL, the element for a JSON
+            array, the data row for CSV and hub datasets); None for a file-level problem.
+        field: the field at fault (dotted for nested fields, e.g. ``question.choices[2].label``);
+            None when the row itself is unreadable (invalid JSON).
+        problem: what is wrong, in words.
+        unit: what ``row`` counts: ``"line"``, ``"item"`` or ``"row"``.
+
+    The message reads ``<path>: line 12: field 'answer': missing``.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        row: int | None,
+        field: str | None,
+        problem: str,
+        unit: str = "line",
+    ) -> None:
+        self.path, self.row, self.field, self.problem, self.unit = str(path), row, field, problem, unit
+        parts = [self.path]
+        if row is not None:
+            parts.append(f"{unit} {row}")
+        if field is not None:
+            parts.append(f"field {field!r}")
+        parts.append(problem)
+        super().__init__(": ".join(parts))
+
+    def with_path(self, path: str) -> "DataError":
+        """The same error reported against another path (e.g. the S3 URI a staged file came from)."""
+        return DataError(path, self.row, self.field, self.problem, self.unit)

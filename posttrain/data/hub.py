@@ -1,0 +1,119 @@
+"""Records from a Hugging Face dataset in hub layout (``hf://<dataset-id-or-local-dir>`` roots).
+
+A ``HubMapping`` says which columns hold the id, prompt, answer and (optionally) solution, and
+which domain, verifier and prompt template the records get. The dataset is read with
+``datasets.load_dataset(path_or_id, split=...)``: a local folder in hub layout
+(``data/train-00000-of-00001.parquet``) or, where the hub is reachable or cached, a dataset id.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+from posttrain.data.errors import DataError
+from posttrain.data.prompts import NAMED_TEMPLATES
+from posttrain.data.readers import Row
+from posttrain.records import Domain, Record, Reference
+
+# Verifiers whose reference is one column: ``answer`` (a string) or, for code, ``tests``.
+_ANSWER_VERIFIERS = {"math", "synthetic_digits"}
+_TESTS_VERIFIERS = {"code"}
+
+
+class HubMapping(BaseModel):
+    """How the columns of a hub dataset map to ``Record`` fields.
+
+    ``answer_field`` fills ``reference.answer`` (verifiers "math", "synthetic_digits") or
+    ``reference.tests`` (verifier "code": a JSON string or a list/dict column). ``template`` is
+    a name in ``prompts.NAMED_TEMPLATES`` ("math", "code_stdio", "code_functional", "raw") or a
+    format string with a ``{problem}`` placeholder; None uses the prompt column unchanged.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    split: str = "train"
+    prompt_field: str
+    answer_field: str
+    domain: Domain
+    verifier: str
+    id_field: str
+    solution_field: str | None = None
+    template: str | None = None
+
+    @field_validator("template")
+    @classmethod
+    def _known_template(cls, value: str | None) -> str | None:
+        if value is not None and value not in NAMED_TEMPLATES and "{problem}" not in value:
+            raise ValueError(f"template must be one of {sorted(NAMED_TEMPLATES)} or contain '{{problem}}'")
+        return value
+
+    @model_validator(mode="after")
+    def _supported_verifier(self) -> "HubMapping":
+        if self.verifier not in _ANSWER_VERIFIERS | _TESTS_VERIFIERS:
+            raise ValueError(
+                f"verifier {self.verifier!r} needs more than one reference column; a hub mapping "
+                f"supports {sorted(_ANSWER_VERIFIERS | _TESTS_VERIFIERS)}"
+            )
+        return self
+
+    def render_prompt(self, problem: str) -> str:
+        """The user turn for ``problem`` under ``template``."""
+        if self.template is None:
+            return problem
+        if self.template in NAMED_TEMPLATES:
+            return NAMED_TEMPLATES[self.template](problem)
+        return self.template.replace("{problem}", problem)  # not str.format: LaTeX braces abound
+
+
+def _reference(row: Row, mapping: HubMapping) -> Reference:
+    solution = row.text(mapping.solution_field) if mapping.solution_field else None
+    if mapping.verifier in _ANSWER_VERIFIERS:
+        return Reference(answer=row.answer(mapping.answer_field), solution=solution)
+    tests: Any = row.raw(mapping.answer_field)
+    if isinstance(tests, str):
+        try:
+            tests = json.loads(tests)
+        except json.JSONDecodeError as err:
+            raise row.error(mapping.answer_field, f"tests are not valid JSON ({err.msg})") from None
+    if not isinstance(tests, (list, dict)) or not tests:
+        raise row.error(mapping.answer_field, "expected tests as a non-empty list or object")
+    return Reference(tests=tests, solution=solution)
+
+
+def load_hub_records(path_or_id: str, source: str, mapping: HubMapping) -> list[Record]:
+    """Records of split ``mapping.split`` of a hub-layout dataset, ids ``<source>/<id column>``.
+
+    ``meta`` holds ``problem`` (the prompt column) and ``hub`` (``path_or_id``).
+
+    Raises:
+        DataError: naming ``hf://<path>[<split>]``, the 1-based row and the column, for a missing
+            or ill-typed column value.
+        FileNotFoundError / ValueError: from ``datasets`` if the dataset or split does not exist.
+    """
+    import datasets  # slow import (~2 s): only for hub roots
+
+    dataset = datasets.load_dataset(path_or_id, split=mapping.split)
+    where = f"hf://{path_or_id}[{mapping.split}]"
+    records = []
+    for number, data in enumerate(dataset, start=1):
+        row = Row(data, where, number, "row")
+        problem = row.text(mapping.prompt_field)
+        records.append(
+            Record(
+                id=f"{source}/{row.answer(mapping.id_field)}",
+                domain=mapping.domain,
+                prompt=mapping.render_prompt(problem),
+                verifier=mapping.verifier,
+                reference=_reference(row, mapping),
+                source=source,
+                meta={"problem": problem.strip(), "hub": path_or_id},
+            )
+        )
+    seen: set[str] = set()
+    for rec in records:
+        if rec.id in seen:
+            raise DataError(where, None, mapping.id_field, f"duplicate record id {rec.id!r}", "row")
+        seen.add(rec.id)
+    return records

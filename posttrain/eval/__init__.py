@@ -1,0 +1,1 @@
+"""Evaluation: metrics (avg@k, unbiased pass@k, maj@k) and benchmark runs."""

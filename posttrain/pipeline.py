@@ -1,0 +1,213 @@
+"""Stage definitions, content keys and the one function that runs (or reuses) a stage (design.md §2).
+
+The stage *order* lives in ``flows/post_training.py``; this module says what each stage does,
+how its key is computed, and how its output is published.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel
+
+from posttrain.config import Recipe, config_hash
+from posttrain.context import StageContext
+from posttrain.storage import ArtifactStore, local_cache_dir
+
+log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class StageRecord(BaseModel):
+    """What a stage hands to the next: a reference to its output, never the output itself."""
+
+    stage: str
+    key: str
+    uri: str
+    config_hash: str
+    content_hash: str
+    mlflow_run_id: str | None = None
+    cached: bool = False
+    seconds: float = 0.0
+    summary: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class StageDef:
+    """``run(ctx, recipe) -> summary``; ``config(recipe)`` is what the key hashes."""
+
+    run: Callable[[StageContext, Recipe], dict]
+    config: Callable[[Recipe], Any]
+    needs_model: bool = True
+
+
+def _prepare(ctx: StageContext, recipe: Recipe) -> dict:
+    from posttrain.modeling import prepare_model
+
+    texts = None
+    if recipe.model.source == "tiny":
+        from posttrain.data import load_mixture
+        from posttrain.config import DataSpec
+
+        records = load_mixture([DataSpec(source=s, limit=500) for s in recipe.model.tiny.tokenizer_sources],
+                               ctx.data_root, seed=ctx.seed)
+        texts = [r.prompt + "\n" + (r.reference.solution or "") for r in records]
+    return prepare_model(recipe.model, ctx.model_out, texts)
+
+
+def _sft(name: str) -> StageDef:
+    from posttrain.sft import run_sft_stage
+
+    return StageDef(lambda ctx, r: run_sft_stage(ctx, getattr(r, name)), lambda r: getattr(r, name))
+
+
+def _rl(name: str) -> StageDef:
+    from posttrain.rl import run_rl_stage
+
+    return StageDef(lambda ctx, r: run_rl_stage(ctx, getattr(r, name)), lambda r: getattr(r, name))
+
+
+def _instruct_rl(ctx: StageContext, recipe: Recipe) -> dict:
+    from posttrain.constraints import attach_constraints
+    from posttrain.data import load_mixture
+    from posttrain.rl import run_rl_stage
+
+    cfg = recipe.instruct_rl
+    base = load_mixture(cfg.prompts.sources, ctx.data_root, seed=ctx.seed)
+    records = attach_constraints(base, cfg.prompts.constraints_per_prompt, ctx.seed)
+    records += load_mixture(cfg.data, ctx.data_root, seed=ctx.seed) if cfg.data else []
+    return run_rl_stage(ctx, cfg, records)
+
+
+def _distill(ctx: StageContext, recipe: Recipe) -> dict:
+    from posttrain.distill import run_distill_stage
+
+    return run_distill_stage(ctx, recipe.distill)
+
+
+def _evaluate(ctx: StageContext, recipe: Recipe) -> dict:
+    from posttrain.eval.run import evaluate_model
+
+    table = evaluate_model(ctx.model_in, recipe.evaluate, ctx.data_root, ctx.out_dir, ctx.seed, ctx.log_metrics)
+    return {"table": table}
+
+
+STAGES: dict[str, StageDef] = {
+    "prepare_model": StageDef(_prepare, lambda r: r.model, needs_model=False),
+    "sft_stage1": _sft("sft_stage1"),
+    "sft_stage2": _sft("sft_stage2"),
+    "rl_math": _rl("rl_math"),
+    "rl_code": _rl("rl_code"),
+    "rl_stem": _rl("rl_stem"),
+    "distill": StageDef(_distill, lambda r: r.distill),
+    "instruct_rl": StageDef(_instruct_rl, lambda r: r.instruct_rl),
+    "evaluate": StageDef(_evaluate, lambda r: r.evaluate),
+}
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+
+
+def code_version() -> str:
+    """The library's code version: git tree hashes of ``posttrain/`` and ``pyproject.toml`` plus a
+    hash of their uncommitted changes; the package version outside a git checkout.
+
+    Edits to docs, tests or flows do not change it, so they do not invalidate cached stages.
+    """
+    try:
+        trees = _git("rev-parse", "HEAD:posttrain", "HEAD:pyproject.toml").split()
+        dirty = _git("diff", "HEAD", "--", "posttrain", "pyproject.toml")
+        untracked = _git("ls-files", "--others", "--exclude-standard", "--", "posttrain")
+        for rel in untracked.split():
+            dirty += rel + (REPO_ROOT / rel).read_text(errors="replace")
+    except (OSError, subprocess.CalledProcessError):
+        from posttrain import __version__
+
+        return f"package-{__version__}"
+    suffix = f"+{hashlib.sha256(dirty.encode()).hexdigest()[:12]}" if dirty else ""
+    return "-".join(t[:12] for t in trees) + suffix
+
+
+def stage_key(stage: str, recipe: Recipe, upstream_key: str | None, version: str) -> str:
+    """sha256 of (stage, its resolved config, the recipe seed and data root, the upstream key, code version)."""
+    cfg = STAGES[stage].config(recipe)
+    payload = {"stage": stage, "config": cfg.model_dump(mode="json") if isinstance(cfg, BaseModel) else cfg,
+               "seed": recipe.seed, "data_root": recipe.data_root, "upstream": upstream_key, "code": version}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def cached_record(store: ArtifactStore, stage: str, key: str) -> StageRecord | None:
+    """The record of a published output with this key, or None."""
+    manifest = store.stage_manifest(stage, key)
+    if manifest is None:
+        return None
+    return StageRecord(stage=stage, key=key, uri=store.uri(store.stage_prefix(stage, key)),
+                       config_hash=manifest.get("config_hash", ""), content_hash=manifest["content_hash"],
+                       mlflow_run_id=manifest.get("mlflow_run_id"), cached=True, summary=manifest.get("summary", {}))
+
+
+def run_stage(stage: str, recipe: Recipe, key: str, upstream: StageRecord | None, store: ArtifactStore,
+              parent_tracker=None, force: bool = False, data_root: str | None = None) -> StageRecord:
+    """Run ``stage`` unless its output with ``key`` is already published; return its record.
+
+    A file lock makes a second run with the same key wait for the first and then reuse its
+    output. With ``force`` the stage is recomputed and republished under the same key.
+    """
+    lock_path = local_cache_dir() / "locks" / f"{stage}-{key}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not force and (hit := cached_record(store, stage, key)):
+            return hit
+        return _compute(stage, recipe, key, upstream, store, parent_tracker, data_root)
+
+
+def _compute(stage, recipe, key, upstream, store, parent_tracker, data_root) -> StageRecord:
+    from posttrain.tracking import flatten
+
+    definition = STAGES[stage]
+    work = local_cache_dir() / "work" / stage / key
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    inputs = {}
+    if definition.needs_model:
+        inputs["model"] = store.fetch_stage(upstream.stage, upstream.key) / "model"
+    tracker = parent_tracker.child(stage, {"stage_key": key}) if parent_tracker else None
+    cfg = definition.config(recipe)
+    cfg_json = cfg.model_dump(mode="json") if isinstance(cfg, BaseModel) else cfg
+    if tracker:
+        tracker.log_params(flatten("", {"stage": stage, "key": key, "upstream": upstream.key if upstream else "",
+                                        "config": cfg_json}))
+    ctx = StageContext(stage=stage, recipe=recipe, out_dir=work, inputs=inputs, tracker=tracker, data_root=data_root)
+    start = time.monotonic()
+    try:
+        summary = definition.run(ctx, recipe)
+    except BaseException:
+        if tracker:
+            tracker.end("FAILED")
+        raise
+    seconds = time.monotonic() - start
+    numeric = {f"stage/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if tracker:
+        tracker.log_metrics({**numeric, "stage/seconds": seconds})
+    (work / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    manifest = store.publish_stage(stage, key, work, extra={
+        "summary": json.loads(json.dumps(summary, default=str)), "config_hash": config_hash(cfg_json),
+        "upstream": upstream.key if upstream else None, "mlflow_run_id": tracker.run_id if tracker else None,
+        "seconds": seconds})
+    if tracker:
+        tracker.end("FINISHED")
+    shutil.rmtree(work, ignore_errors=True)
+    return StageRecord(stage=stage, key=key, uri=store.uri(store.stage_prefix(stage, key)),
+                       config_hash=manifest["config_hash"], content_hash=manifest["content_hash"],
+                       mlflow_run_id=manifest["mlflow_run_id"], seconds=seconds, summary=manifest["summary"])

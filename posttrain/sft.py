@@ -1,0 +1,78 @@
+"""Supervised fine-tuning stages (3B §2.1) on TRL's SFTTrainer; loss on assistant tokens only."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from posttrain.checkpoints import param_delta, save_model
+from posttrain.config import SFTStage, TrainSpec
+from posttrain.context import StageContext
+from posttrain.data import load_mixture
+from posttrain.records import Record
+
+log = logging.getLogger(__name__)
+
+
+def sft_pairs(records: list[Record], tokenizer=None, min_solution_tokens: int = 0) -> list[dict]:
+    """Conversational prompt/completion pairs from records that carry a reference solution.
+
+    With ``min_solution_tokens > 0`` (the hard subset of stage 2) shorter solutions are dropped;
+    lengths are counted with ``tokenizer``.
+    """
+    pairs = []
+    for r in records:
+        target = r.reference.solution
+        if not target:
+            continue
+        if min_solution_tokens and len(tokenizer(target, add_special_tokens=False)["input_ids"]) < min_solution_tokens:
+            continue
+        pairs.append({"prompt": [{"role": "user", "content": r.prompt}],
+                      "completion": [{"role": "assistant", "content": target}], "id": r.id})
+    return pairs
+
+
+def train_sft(pairs: list[dict], model_dir: Path, out_dir: Path, train: TrainSpec, max_length: int,
+              packing: bool, seed: int, callbacks: list) -> dict:
+    """Fine-tune the model in ``model_dir`` on ``pairs`` and save it to ``out_dir``.
+
+    Returns ``{"examples", "steps", "train_loss", "param_delta_l2"}``.
+
+    Raises:
+        ValueError: if ``pairs`` is empty.
+    """
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTTrainer
+
+    from posttrain.trl_args import sft_config
+
+    if not pairs:
+        raise ValueError("no SFT examples: every record lacked a solution or was filtered out")
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    dataset = Dataset.from_list([{k: p[k] for k in ("prompt", "completion")} for p in pairs])
+    args = sft_config(train, out_dir / "checkpoints", seed, max_length, packing)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         callbacks=callbacks)
+    result = trainer.train()
+    save_model(trainer.model, tokenizer, out_dir)
+    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    return {"examples": len(pairs), "steps": result.global_step, "train_loss": result.training_loss,
+            "param_delta_l2": param_delta(model_dir, out_dir)["l2"]}
+
+
+def run_sft_stage(ctx: StageContext, cfg: SFTStage) -> dict:
+    """One SFT stage: load its data mixture, keep records with solutions (and long enough), train."""
+    from transformers import AutoTokenizer
+
+    records = load_mixture(cfg.data, ctx.data_root, seed=ctx.seed)
+    tokenizer = AutoTokenizer.from_pretrained(str(ctx.model_in))
+    pairs = sft_pairs(records, tokenizer, cfg.min_solution_tokens)
+    log.info("%s: %d of %d records kept for SFT", ctx.stage, len(pairs), len(records))
+    summary = train_sft(pairs, ctx.model_in, ctx.model_out, cfg.train, cfg.max_length, cfg.packing, ctx.seed,
+                        ctx.callbacks())
+    summary["records"] = len(records)
+    return summary

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers (caching, retries, artifacts) over the ``posttrain`` library."""

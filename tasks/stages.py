@@ -1,0 +1,88 @@
+"""One Prefect task per pipeline stage: cache keyed by the stage's content key, then one library call."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from posttrain.pipeline import StageRecord, cached_record, run_stage
+from posttrain.plan import RunPlan
+
+RESULTS = Path(".cache/prefect-results").resolve()
+
+
+def stage_cache_key(context, parameters: dict) -> str | None:
+    """Prefect cache key = the stage's content key, but only while its output is still published."""
+    plan: RunPlan = parameters["plan"]
+    stage: str = parameters["stage"]
+    if stage in plan.force:
+        return None
+    key = plan.stage_keys[stage]
+    return f"{stage}-{key}" if plan.store().stage_manifest(stage, key) is not None else None
+
+
+def _summary_markdown(record: StageRecord) -> str:
+    rows = "\n".join(f"| {k} | {v} |" for k, v in record.summary.items() if not isinstance(v, (dict, list)))
+    return (f"### {record.stage}\n\n- output: `{record.uri}`\n- key: `{record.key}`\n"
+            f"- MLflow run: `{record.mlflow_run_id}`\n- seconds: {record.seconds:.1f}\n\n| field | value |\n|---|---|\n{rows}\n")
+
+
+@task(name="stage", log_prints=False, persist_result=True, result_storage=RESULTS, cache_key_fn=stage_cache_key,
+      retries=0)
+def stage_task(stage: str, plan: RunPlan, upstream: StageRecord | None) -> StageRecord:
+    """Run one stage of ``plan`` (or reuse its published output) and attach its summary as an artifact."""
+    from posttrain.tracking import Tracker
+
+    tracker = Tracker(plan.tracking_run_id) if plan.tracking_run_id else None
+    record = run_stage(stage, plan.recipe, plan.stage_keys[stage], upstream, plan.store(), tracker,
+                       force=stage in plan.force, data_root=plan.data_root)
+    create_markdown_artifact(key=f"{stage.replace('_', '-')}-summary", markdown=_summary_markdown(record),
+                             description=f"{stage} output and summary")
+    table = record.summary.get("table")
+    if table:
+        rows = [{"benchmark": name, **{k: round(v, 4) if isinstance(v, float) else v for k, v in fig.items()}}
+                for name, fig in table.items()]
+        create_table_artifact(key="eval-table", table=rows, description="avg@k / pass@k / maj@k per benchmark")
+    return record
+
+
+def for_stage(stage: str, plan: RunPlan):
+    """``stage_task`` named after ``stage`` (so the Prefect UI shows stage names), refreshing its cache under --force."""
+    return stage_task.with_options(name=stage, task_run_name=stage, refresh_cache=stage in plan.force)
+
+
+@task(name="resolve-upstream")
+def resolve_upstream(plan: RunPlan, stage: str) -> StageRecord | None:
+    """The record the first stage of this run starts from: ``--model``, or the previous stage's published output.
+
+    Raises:
+        RuntimeError: if the previous stage has not been run with this recipe and code version.
+    """
+    from posttrain.plan import previous_stage
+
+    if plan.start_model:
+        return StageRecord.model_validate_json(plan.start_model)
+    prev = previous_stage(stage)
+    if prev is None:
+        return None
+    if stage == "evaluate":
+        prev = "instruct_rl"
+    record = cached_record(plan.store(), prev, plan.stage_keys[prev])
+    if record is None:
+        raise RuntimeError(f"{stage} starts from {prev}'s output ({plan.stage_keys[prev]}), which is not in "
+                           f"{plan.artifacts}: run {prev} first, or pass --model")
+    return record
+
+
+@task(name="record-run")
+def record_run(plan: RunPlan, records: list[StageRecord]) -> str:
+    """Write ``runs/<run_id>.json`` naming the stage keys this run used; return its URI."""
+    store = plan.store()
+    rel = f"runs/{plan.run_id}.json"
+    store.put_json(rel, {"run_id": plan.run_id, "recipe": plan.recipe_path, "code_version": plan.code_version,
+                         "mlflow_run_id": plan.tracking_run_id,
+                         "stages": [json.loads(r.model_dump_json()) for r in records]})
+    return store.uri(rel)
