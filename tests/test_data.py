@@ -169,6 +169,11 @@ def test_record_contents():
     assert humaneval.reference.tests["functional"].rstrip().endswith("check(has_close_elements)")
     mbpp = _load("mbpp_train")[0][0]
     assert mbpp.id == "mbpp_train/601" and "assert max_chain_length" in mbpp.prompt
+    from posttrain.data.sources_code import LEETCODE_PREAMBLE
+
+    two_sum = _load("leetcode_train")[0][0]
+    assert two_sum.id == "leetcode_train/two-sum" and two_sum.reference.tests["setup"] == LEETCODE_PREAMBLE
+    assert _load("leetcode")[0][0].reference.tests["setup"] == LEETCODE_PREAMBLE
     jam = _load("codejam")[0][0]
     assert jam.reference.tests[0]["checker"] == "float_tolerance 1e-6"
     arc = {r.id: r for r in _load("arc_easy_train")[0]}

@@ -28,11 +28,17 @@ LEETCODE_PREAMBLE = (
     "from itertools import *\nfrom heapq import *\nfrom bisect import *\nfrom string import *\n"
     "from operator import *\nfrom math import *\nimport math\nimport datetime\ninf = float('inf')\n"
 )
-_LEETCODE_STARTER = re.compile(r"Please complete the following python code precisely:\s*```python\n(.*?)```", re.DOTALL)
-_LEETCODE_INTRO = "Please solve the programming task below using a self-contained code snippet in a markdown code block."
+_LEETCODE_STARTER = re.compile(
+    r"Please complete the following python code precisely:\s*```python\n(.*?)```", re.DOTALL
+)
+_LEETCODE_INTRO = (
+    "Please solve the programming task below using a self-contained code snippet in a markdown code block."
+)
 
 
-def code_record(source: str, key: str, prompt: str, problem: str, tests: Any, solution: str | None, **meta: Any) -> Record:
+def code_record(
+    source: str, key: str, prompt: str, problem: str, tests: Any, solution: str | None, **meta: Any
+) -> Record:
     """A code record: id ``<source>/<key>``; ``meta`` gets ``problem`` and the non-None keyword arguments."""
     return Record(
         id=f"{source}/{key}",

@@ -3,7 +3,7 @@
 Reference ``tests`` shapes (design.md §3):
 - ``[{input, output, checker?}, ...]`` — stdin/stdout pairs (Codeforces, Code Jam);
 - ``{inputs: [...], outputs: [...]}`` — the same, column-wise (CodeContests);
-- ``{functional: program}`` — candidate code then ``program``, which defines and calls
+- ``{functional: program, setup?}`` — setup, candidate code, then ``program``, which defines and calls
   ``check(...)`` (LeetCode; HumanEval as its ``test`` plus ``check(entry_point)``); one test;
 - ``{asserts: [...], setup: "..."}`` — candidate code, setup, then one assert per test (MBPP).
 Output comparison: whitespace-normalised lines by default; ``checker: "float_tolerance EPS"``
@@ -75,7 +75,8 @@ def build_cases(code: str, tests: Any) -> list[CodeCase]:
         pairs = zip(tests["inputs"], tests["outputs"])
         return [CodeCase(code, _text(i), _text(o), checker) for i, o in pairs]
     if isinstance(tests, Mapping) and "functional" in tests:
-        return [CodeCase(f"{code}\n\n{tests['functional']}\n")]
+        # ``setup`` (imports, ListNode/TreeNode for LeetCode) must run before the candidate's code.
+        return [CodeCase(f"{tests.get('setup') or ''}\n{code}\n\n{tests['functional']}\n")]
     if isinstance(tests, Mapping) and "asserts" in tests:
         setup = tests.get("setup") or ""
         # Setup runs after the candidate: MBPP's only setups (tasks 367, 927) build trees

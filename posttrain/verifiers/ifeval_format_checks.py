@@ -39,31 +39,59 @@ def check_number_placeholders(response: str, prompt: str, *, num_placeholders: i
 
 
 def check_postscript(response: str, prompt: str, *, postscript_marker: str) -> bool:
-    """Some line (case-insensitive) starts with the postscript marker.
+    """The postscript marker occurs anywhere in the response, case-insensitively.
 
-    ``P.S.`` and ``P.P.S`` accept an optional space after each dot (``p. s.``); any other
-    marker must appear literally at a line start, after optional whitespace.
+    ``P.S.`` and ``P.P.S`` accept an optional space after each inner dot (``p. s.``); any
+    other marker must appear literally. As in the reference, the marker need not start a
+    line (its pattern ``\\s*p\\.\\s?s\\..*$`` is searched, not anchored).
     """
     text = response.lower()
     marker = postscript_marker.strip()
     if marker == "P.P.S":
-        pattern = r"\s*p\.\s?p\.\s?s.*$"
+        pattern = r"p\.\s?p\.\s?s"
     elif marker == "P.S.":
-        pattern = r"\s*p\.\s?s\..*$"
+        pattern = r"p\.\s?s\."
     else:
-        pattern = r"\s*" + re.escape(marker.lower()) + r".*$"
-    return bool(re.findall(pattern, text, flags=re.MULTILINE))
+        pattern = re.escape(marker.lower())
+    return re.search(pattern, text) is not None
+
+
+_NON_SPACE = re.compile(r"\S")
+
+
+def _count_list_lines(text: str, marker: str, exclude_next: str | None) -> int:
+    """How many matches ``re.findall(rf"^\\s*{marker}[^{exclude_next}].*$", text, re.M)``
+    finds (``[^...]`` left out when ``exclude_next`` is None), in linear time.
+
+    The regex's ``\\s*`` crosses blank lines, so every line start before the same first
+    non-space character reaches the same verdict; we test each such character once.
+    """
+    count, pos = 0, 0
+    while (found := _NON_SPACE.search(text, pos)) is not None:
+        first = found.start()
+        rest = first + 1
+        matched = text[first] == marker
+        if matched and exclude_next is not None:
+            matched = rest < len(text) and text[rest] != exclude_next
+            rest += 1  # the character after the marker belongs to the match
+        end = text.find("\n", rest if matched else first)
+        count += matched
+        if end == -1:
+            break
+        pos = end + 1
+    return count
 
 
 def check_number_bullet_lists(response: str, prompt: str, *, num_bullets: int) -> bool:
     """Exactly ``num_bullets`` markdown bullet lines (``* item`` or ``- item``).
 
     A line counts when, after leading whitespace, it starts with ``*`` not followed by
-    another ``*``, or with ``-`` (so a ``---`` rule counts too, as in the reference).
+    another ``*``, or with ``-`` (so a ``---`` rule counts too, as in the reference's
+    ``^\\s*\\*[^\\*].*$`` and ``^\\s*-.*$``, whose counts we reproduce in linear time).
     """
-    stars = re.findall(r"^\s*\*[^\*].*$", response, flags=re.MULTILINE)
-    dashes = re.findall(r"^\s*-.*$", response, flags=re.MULTILINE)
-    return len(stars) + len(dashes) == num_bullets
+    stars = _count_list_lines(response, "*", exclude_next="*")
+    dashes = _count_list_lines(response, "-", exclude_next=None)
+    return stars + dashes == num_bullets
 
 
 def check_constrained_response(response: str, prompt: str) -> bool:

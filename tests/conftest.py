@@ -1,0 +1,85 @@
+"""Test settings: offline, quiet, and shared fixtures (tiny model, S3 server, Prefect harness)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+# Before anything imports torch, transformers or prefect.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["DO_NOT_TRACK"] = "1"
+os.environ.pop("PREFECT_API_URL", None)
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("POSTTRAIN_DATA", REPO.parent / "shared" / "data"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    assert DATA.is_dir(), f"shared data not found at {DATA}; set POSTTRAIN_DATA"
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, data_root) -> Path:
+    """A random 2-layer Qwen2 (head_dim 32) with a tokenizer trained in-process on real prompts."""
+    from posttrain.config import ModelSpec
+    from posttrain.data import load_mixture
+    from posttrain.modeling import prepare_model
+
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    records = load_mixture([{"source": "synthetic_digits", "limit": 64}, {"source": "gsm8k_train", "limit": 200}],
+                           str(data_root))
+    prepare_model(ModelSpec(source="tiny"), out, [r.prompt + "\n" + (r.reference.solution or "") for r in records])
+    return out
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's standalone S3-compatible server on a free loopback port; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """AWS variables pointing boto3 at the test server, and a fresh bucket; yields ``s3://bucket``."""
+    import uuid
+
+    import boto3
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    bucket = f"posttrain-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    yield f"s3://{bucket}"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server for the whole session (starting one costs 10-20 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
