@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -15,13 +16,16 @@ RESULTS = Path(".cache/prefect-results").resolve()
 
 
 def stage_cache_key(context, parameters: dict) -> str | None:
-    """Prefect cache key = the stage's content key, but only while its output is still published."""
+    """Prefect cache key = the stage's content key (and the store holding it), but only while its
+    output is still published there: a deleted output is recomputed, never taken from a stale record."""
     plan: RunPlan = parameters["plan"]
     stage: str = parameters["stage"]
     if stage in plan.force:
         return None
     key = plan.stage_keys[stage]
-    return f"{stage}-{key}" if plan.store().stage_manifest(stage, key) is not None else None
+    if plan.store().stage_manifest(stage, key) is None:
+        return None
+    return f"{stage}-{key}-{hashlib.sha256(plan.artifacts.encode()).hexdigest()[:8]}"
 
 
 def _summary_markdown(record: StageRecord) -> str:

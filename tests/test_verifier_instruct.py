@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -173,6 +174,23 @@ def test_unknown_id_and_bad_kwargs_raise():
         check_strict(
             "length_constraints:number_words", "text", "", {"num_words": 3, "relation": "at most"}
         )
+
+
+@pytest.mark.parametrize(
+    "text", ["\n" * 50_000, "[" * 50_000, "<" * 50_000, " " * 50_000 + "p", "a" * 50_000]
+)
+def test_pathological_text_is_checked_in_linear_time(text):
+    # The reference's regexes are quadratic on these (seconds at this size); ours are not.
+    kwargs = {
+        "detectable_format:number_bullet_lists": {"num_bullets": 1},
+        "detectable_content:number_placeholders": {"num_placeholders": 1},
+        "detectable_content:postscript": {"postscript_marker": "P.S."},
+        "length_constraints:number_sentences": {"num_sentences": 1, "relation": "at least"},
+    }
+    started = time.perf_counter()
+    for instruction_id in [*kwargs, "detectable_format:title"]:
+        check_loose(instruction_id, text, "", kwargs.get(instruction_id, {}))
+    assert time.perf_counter() - started < 2.0
 
 
 def _reference(ids, kwargs, prompt="p"):

@@ -17,7 +17,7 @@ SOURCE = "synthetic_digits"
 DEFAULT_SIZE = 64
 
 
-def make_digit_records(n: int = DEFAULT_SIZE, seed: int = 0, length: int = 4) -> list[Record]:
+def make_digit_records(n: int = DEFAULT_SIZE, seed: int = 0, length: int = 4, source: str = SOURCE) -> list[Record]:
     """``n`` digit-repetition records, the same for the same ``(n, seed, length)``.
 
     Each has domain "synthetic", verifier "synthetic_digits", reference answer and solution the
@@ -35,12 +35,12 @@ def make_digit_records(n: int = DEFAULT_SIZE, seed: int = 0, length: int = 4) ->
         answer = "".join(map(str, digits))
         records.append(
             Record(
-                id=f"{SOURCE}/{seed}-{i}",
+                id=f"{source}/{seed}-{i}",
                 domain="synthetic",
                 prompt=digits_prompt(digits),
                 verifier="synthetic_digits",
                 reference=Reference(answer=answer, solution=answer),
-                source=SOURCE,
+                source=source,
                 meta={"problem": digits_prompt(digits), "length": length},
             )
         )
@@ -51,3 +51,10 @@ def make_digit_records(n: int = DEFAULT_SIZE, seed: int = 0, length: int = 4) ->
 def synthetic_digits(data_root: Path) -> list[Record]:
     """Synthetic digit repetition (64 records, seed 0, 4 digits); reads no file."""
     return make_digit_records(DEFAULT_SIZE, seed=0)
+
+
+@register_source(f"{SOURCE}_1", files=[], split="train")
+def synthetic_digit(data_root: Path) -> list[Record]:
+    """One-digit repetition (64 records, seed 0): even a random tiny model gets some exactly right,
+    so smoke runs have verified traces to distil."""
+    return make_digit_records(DEFAULT_SIZE, seed=0, length=1, source=f"{SOURCE}_1")

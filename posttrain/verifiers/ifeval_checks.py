@@ -20,7 +20,9 @@ Where we depart from the reference, because its tools need data we cannot downlo
 - language identification needs ``langdetect``: without it ``language:response_language``
   is unsupported, and the two ``change_case:english_*`` checks test the letter case only.
 ``length_constraints:number_words`` uses ``\\w+`` tokens, which is exactly the reference's
-NLTK ``RegexpTokenizer(r"\\w+")``.
+NLTK ``RegexpTokenizer(r"\\w+")``. Keywords are regex-escaped (the reference uses them as
+patterns; no shipped keyword differs) and ``keywords:letter_frequency`` counts any single
+character (the reference swaps a non-letter for a random letter).
 """
 
 from __future__ import annotations
