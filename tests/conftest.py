@@ -50,14 +50,34 @@ def tiny_model(tmp_path_factory, data_root) -> Path:
 
 @pytest.fixture(scope="session")
 def s3_server():
-    """moto's standalone S3-compatible server on a free loopback port; yields its endpoint URL."""
-    from moto.server import ThreadedMotoServer
+    """moto's standalone S3-compatible server on a free loopback port, in its own process; yields its URL.
+
+    Not in-process (``ThreadedMotoServer``): that imports Flask, whose context proxies break
+    vLLM's start-up scan of loaded modules.
+    """
+    import subprocess
+    import sys
+    import time
+    import urllib.request
 
     port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    exe = Path(sys.executable).with_name("moto_server")
+    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/moto-api/", timeout=2)
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("moto_server did not start")
+            time.sleep(0.3)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
 
 
 @pytest.fixture

@@ -1,0 +1,73 @@
+"""The whole DAG on the smoke recipe, against a real S3-compatible server and MLflow's sqlite store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from posttrain.plan import PIPELINE
+
+REPO = Path(__file__).resolve().parents[1]
+TRAINING = {"sft_stage1", "sft_stage2", "rl_math", "rl_code", "rl_stem", "distill", "instruct_rl"}
+RL = {"rl_math", "rl_code", "rl_stem", "instruct_rl"}
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_whole_dag_then_every_stage_cached(s3_env, tmp_path, monkeypatch, prefect_harness):
+    import boto3
+    from mlflow.tracking import MlflowClient
+
+    from flows.post_training import post_training
+    from posttrain.checkpoints import param_delta
+    from posttrain.storage import ArtifactStore
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("POSTTRAIN_CACHE", str(tmp_path / "cache"))
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    artifacts = f"{s3_env}/pipeline"
+
+    first = post_training("recipes/smoke.yaml", artifacts=artifacts)
+    stages = first["stages"]
+    assert list(stages) == PIPELINE
+    assert not any(r["cached"] for r in stages.values())
+
+    # every stage's manifest is in the bucket
+    bucket = s3_env.removeprefix("s3://")
+    s3 = boto3.client("s3")
+    for name, record in stages.items():
+        s3.head_object(Bucket=bucket, Key=f"pipeline/stages/{name}/{record['key']}/manifest.json")
+
+    # MLflow: the parent run and one child per stage, each with metrics
+    client = MlflowClient(uri)
+    parent = client.get_run(first["mlflow_run_id"])
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(c.data.tags["stage"] for c in children) == sorted(PIPELINE)
+    for child in children:
+        assert child.data.metrics, child.data.tags["stage"]
+        assert child.info.status == "FINISHED"
+    by_stage = {c.data.tags["stage"]: c for c in children}
+    assert any(k.startswith("train/rl_math/") for k in by_stage["rl_math"].data.metrics)
+    assert any(k.startswith("eval/synthetic_digits/avg_at_") for k in by_stage["evaluate"].data.metrics)
+
+    # every SFT and RL stage changed the parameters (measured on the published checkpoints)
+    store = ArtifactStore.from_uri(artifacts)
+    order = [s for s in PIPELINE if s != "evaluate"]
+    for prev, stage in zip(order, order[1:]):
+        before = store.fetch_stage(prev, stages[prev]["key"]) / "model"
+        after = store.fetch_stage(stage, stages[stage]["key"]) / "model"
+        assert param_delta(before, after)["l2"] > 0, f"{stage} did not change the model"
+    # ...and in every RL stage some group's rewards varied
+    for stage in RL:
+        assert stages[stage]["summary"]["frac_reward_zero_std_min"] < 1, stage
+
+    # the eval table is in the store
+    table = store.get_json(f"stages/evaluate/{stages['evaluate']['key']}/eval_table.json")
+    assert set(table) == {"synthetic_digits", "aime2025", "math500", "humaneval", "ifeval"}
+
+    second = post_training("recipes/smoke.yaml", artifacts=artifacts)
+    assert all(r["cached"] for r in second["stages"].values()), {k: r["cached"] for k, r in second["stages"].items()}
+    assert {k: r["key"] for k, r in second["stages"].items()} == {k: r["key"] for k, r in stages.items()}
