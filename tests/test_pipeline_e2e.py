@@ -71,3 +71,23 @@ def test_whole_dag_then_every_stage_cached(s3_env, tmp_path, monkeypatch, prefec
     second = post_training("recipes/smoke.yaml", artifacts=artifacts)
     assert all(r["cached"] for r in second["stages"].values()), {k: r["cached"] for k, r in second["stages"].items()}
     assert {k: r["key"] for k, r in second["stages"].items()} == {k: r["key"] for k, r in stages.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_only_from_model_and_force(tiny_model, tmp_path, monkeypatch, prefect_harness):
+    """``--only``/``--model`` start one stage from an existing checkpoint; ``--force`` recomputes it."""
+    from flows.post_training import post_training
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("POSTTRAIN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
+    artifacts = str(tmp_path / "artifacts")
+    args = dict(recipe_path="recipes/smoke.yaml", overrides=["sft_stage2.train.max_steps=1"], only=["sft_stage2"],
+                start_model=str(tiny_model), artifacts=artifacts)
+    first = post_training(**args)
+    assert list(first["stages"]) == ["sft_stage2"] and not first["stages"]["sft_stage2"]["cached"]
+    assert first["stages"]["sft_stage2"]["summary"]["param_delta_l2"] > 0
+    assert post_training(**args)["stages"]["sft_stage2"]["cached"]
+    forced = post_training(**args, force=["sft_stage2"])["stages"]["sft_stage2"]
+    assert not forced["cached"] and forced["key"] == first["stages"]["sft_stage2"]["key"]

@@ -1,0 +1,28 @@
+"""Both generation engines on a tiny model: shapes, token counts, finish reasons."""
+
+import pytest
+
+from posttrain.engines import SamplingParams, open_engine
+
+PROMPTS = [[{"role": "user", "content": "Repeat the digits: 1 2 3"}], [{"role": "user", "content": "What is 2+2?"}]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["hf", "vllm"])
+def test_engine_samples_n_per_prompt(kind, tiny_model):
+    engine = open_engine(kind, tiny_model)
+    try:
+        out = engine.generate(PROMPTS, SamplingParams(n=3, max_new_tokens=8, seed=1))
+    finally:
+        engine.close()
+    assert len(out) == 2 and all(len(group) == 3 for group in out)  # [prompts][n]
+    for group in out:
+        for c in group:
+            assert 1 <= c.num_tokens <= 8
+            assert c.finish_reason in ("stop", "length")
+            assert isinstance(c.text, str)
+
+
+def test_unknown_engine(tiny_model):
+    with pytest.raises(ValueError, match="unknown engine"):
+        open_engine("tgi", tiny_model)
