@@ -206,6 +206,9 @@ def _compute(stage, recipe, key, upstream, store, parent_tracker, data_root) -> 
         "upstream": upstream.key if upstream else None, "mlflow_run_id": tracker.run_id if tracker else None,
         "seconds": seconds})
     if tracker:
+        for name in ("summary.json", "eval_table.md", "eval_table.json", "distill_report.json"):
+            if (work / name).is_file():
+                tracker.log_artifact(work / name)
         tracker.end("FINISHED")
     shutil.rmtree(work, ignore_errors=True)
     return StageRecord(stage=stage, key=key, uri=store.uri(store.stage_prefix(stage, key)),
