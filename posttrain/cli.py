@@ -51,10 +51,7 @@ def run(
     artifacts: Optional[str] = typer.Option(None, "--artifacts", help="artifact root URI (default POSTTRAIN_ARTIFACTS)"),
 ) -> None:
     """Run the post-training flow on a recipe; finished stages are reused."""
-    from flows.post_training import post_training
     from posttrain.plan import PIPELINE
-    from posttrain.storage import ArtifactStore
-    from posttrain.tracking import tracking_uri
 
     stages = _split(only)
     if from_:
@@ -63,6 +60,11 @@ def run(
         stages = [s for s in PIPELINE[PIPELINE.index(from_):] if stages is None or s in stages]
     if model and not stages:
         raise typer.BadParameter("--model needs --from STAGE (or --only)", param_hint="--model")
+    # Prefect is imported only now: it configures logging on import, bound to the current streams.
+    from flows.post_training import post_training
+    from posttrain.storage import ArtifactStore
+    from posttrain.tracking import tracking_uri
+
     with console.status("running the post-training flow (progress in the log and the Prefect UI)"):
         result = post_training(str(recipe), set_ or None, stages, _split(force), model, artifacts)
     evaluated = result["stages"].get("evaluate")

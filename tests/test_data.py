@@ -49,7 +49,7 @@ EXPECTED = {
     "codenet": (3222, {"maybe_special_judge": 172}),
     "ifeval": 541, "ifbench": 300,
     "mmlu_pro_stem": 5878, "arc_challenge_train": 1119, "arc_easy_train": 2251, "openbookqa_train": 4957,
-    "synthetic_digits": 64,
+    "synthetic_digits": 64, "synthetic_digits_1": 64,
 }  # fmt: skip
 VERIFIER_DOMAIN = {"math": "math", "code": "code", "choice": "stem", "instruct": "instruct",
                    "synthetic_digits": "synthetic"}  # fmt: skip
