@@ -359,3 +359,10 @@ def test_gsm8k_solution_and_choice_prompt():
     assert gsm8k_solution("no final line") is None
     prompt = choice_prompt("Q?", [Choice(label="A", text="x"), Choice(label="B", text="y")])
     assert prompt == f"Q?\n\nA. x\nB. y\n\n{CHOICE_SUFFIX}"
+
+
+def test_mixture_where_filters_meta_before_limit():
+    records = load_mixture([{"source": "math_train", "limit": 5, "where": {"level": [1]}}], DATA)
+    assert len(records) == 5 and all(r.meta["level"] == 1 for r in records)
+    with pytest.raises(ValueError, match="matches"):
+        load_mixture([{"source": "math_train", "where": {"level": ["Level 1"]}}], DATA)

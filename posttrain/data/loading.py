@@ -121,7 +121,9 @@ def load_source(
 class MixtureSpec(BaseModel):
     """One component of a data mixture: a source, at most ``limit`` of its records.
 
-    ``data_root`` overrides the mixture's root for this source; ``mapping`` is for ``hf://`` roots.
+    ``data_root`` overrides the mixture's root for this source; ``mapping`` is for ``hf://`` roots;
+    ``where`` keeps only records whose ``meta`` fields take one of the listed values (applied
+    before ``limit``), e.g. ``{level: ["Level 1", "Level 2"]}`` on MATH.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -129,6 +131,7 @@ class MixtureSpec(BaseModel):
     limit: int | None = Field(default=None, ge=0)
     data_root: str | None = None
     mapping: HubMapping | None = None
+    where: dict[str, list[str | int | float | bool]] | None = None
 
 
 def load_mixture(
@@ -151,7 +154,15 @@ def load_mixture(
     for raw in specs:
         spec = MixtureSpec.model_validate(raw)
         root = spec.data_root if spec.data_root is not None else data_root
-        for rec in load_source(spec.source, root, spec.limit, seed, spec.mapping):
+        if spec.where:
+            pool = [r for r in load_source(spec.source, root, None, seed, spec.mapping)
+                    if all(r.meta.get(k) in allowed for k, allowed in spec.where.items())]
+            if not pool:
+                raise ValueError(f"mixture: no record of {spec.source!r} matches where={spec.where}")
+            selected = subsample(pool, spec.limit, seed)
+        else:
+            selected = load_source(spec.source, root, spec.limit, seed, spec.mapping)
+        for rec in selected:
             if rec.id in seen:
                 raise ValueError(f"mixture: record id {rec.id!r} comes twice (source {spec.source!r} listed twice?)")
             seen[rec.id] = spec.source
