@@ -115,6 +115,14 @@ def grade(
 
 
 def main() -> None:
+    import logging
+
+    # the library's progress lines (stage starts, record counts, benchmark figures) on stderr
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)-7s | %(name)s - %(message)s", "%H:%M:%S"))
+    lib = logging.getLogger("posttrain")
+    lib.addHandler(handler)
+    lib.setLevel(logging.INFO)
     app()
 
 

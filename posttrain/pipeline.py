@@ -190,6 +190,7 @@ def _compute(stage, recipe, key, upstream, store, parent_tracker, data_root) -> 
                                         "config": cfg_json}))
     ctx = StageContext(stage=stage, recipe=recipe, out_dir=work, inputs=inputs, tracker=tracker, data_root=data_root)
     start = time.monotonic()
+    log.info("%s: running (key %s)", stage, key)
     try:
         summary = definition.run(ctx, recipe)
     except BaseException:
