@@ -91,3 +91,28 @@ def test_only_from_model_and_force(tiny_model, tmp_path, monkeypatch, prefect_ha
     assert post_training(**args)["stages"]["sft_stage2"]["cached"]
     forced = post_training(**args, force=["sft_stage2"])["stages"]["sft_stage2"]
     assert not forced["cached"] and forced["key"] == first["stages"]["sft_stage2"]["key"]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_evaluate_flow_on_any_checkpoint(tiny_model, tmp_path, monkeypatch, prefect_harness):
+    """``posttrain eval``'s flow: one task per benchmark, samples and table in the store, MLflow metrics."""
+    from mlflow.tracking import MlflowClient
+
+    from flows.evaluate import evaluate
+    from posttrain.config import SamplingSpec
+    from posttrain.storage import ArtifactStore
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    artifacts = str(tmp_path / "artifacts")
+    result = evaluate(str(tiny_model), ["synthetic_digits", "math500"], k=2, limit=3,
+                      sampling=SamplingSpec(engine="hf", max_new_tokens=6), artifacts=artifacts)
+    assert set(result["table"]) == {"synthetic_digits", "math500"}
+    assert result["table"]["math500"]["problems"] == 3 and "pass_at_2" in result["table"]["math500"]
+    store = ArtifactStore.from_uri(artifacts)
+    assert store.get_json(f"evals/{result['run_id']}/eval_table.json") == result["table"]
+    lines = (tmp_path / "artifacts" / "evals" / result["run_id"] / "samples" / "math500.jsonl").read_text().splitlines()
+    assert len(lines) == 6  # problems x k
+    metrics = MlflowClient(uri).get_run(result["mlflow_run_id"]).data.metrics
+    assert "eval/math500/avg_at_2" in metrics and "eval/synthetic_digits/pass_at_1" in metrics
