@@ -202,6 +202,9 @@ def _compute(stage, recipe, key, upstream, store, parent_tracker, data_root) -> 
     if tracker:
         tracker.log_metrics({**numeric, "stage/seconds": seconds})
     (work / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    # --force republishes under the same key: withdraw the old manifest first, so no reader ever
+    # pairs it with the new files.
+    store.delete(f"{store.stage_prefix(stage, key)}/manifest.json")
     manifest = store.publish_stage(stage, key, work, extra={
         "summary": json.loads(json.dumps(summary, default=str)), "config_hash": config_hash(cfg_json),
         "upstream": upstream.key if upstream else None, "mlflow_run_id": tracker.run_id if tracker else None,
