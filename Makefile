@@ -13,6 +13,8 @@ export DO_NOT_TRACK := 1
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
+	# untrusted programs run under bubblewrap (design.md §4); tolerant: setup never fails on it
+	command -v bwrap >/dev/null || (apt-get update -qq && apt-get install -y -qq bubblewrap) || true
 	python3 -m venv .venv
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e ".[cpu,test]"

@@ -1,34 +1,70 @@
-"""Run untrusted Python source in a subprocess with resource limits.
+"""Run untrusted Python source in a bubblewrap sandbox, as an unprivileged uid, with rlimits.
 
-One entry point, ``run_program``, so that a stronger isolation layer (bubblewrap, an unprivileged
-uid: design.md §4) can replace its body without touching the verifiers. What this layer gives:
+One entry point, ``run_program`` (design.md §4). Each program runs as::
+
+    bwrap --unshare-net --unshare-pid --die-with-parent --new-session \
+          --ro-bind / / [--tmpfs /root --perms 0755 --dir /root/.pyenv ... \
+                         --ro-bind <interpreter prefix> <same>] \
+          --tmpfs /tmp --bind <workdir> <workdir> --chdir <workdir> --dev /dev --proc /proc \
+          -- setpriv --reuid=<uid> --regid=<uid> --clear-groups --inh-caps=-all \
+             <sys.executable> -I main.py
+
+- no network: a fresh network namespace has only a down loopback, so even local servers are
+  unreachable;
+- a fresh pid namespace; ``--die-with-parent`` and the namespace teardown kill every process of
+  the program when bwrap is killed (the wall-clock timeout SIGKILLs bwrap's process group);
+- the whole filesystem read-only, a private empty ``/tmp``, one writable directory (the per-run
+  workdir, mode 0777 so the sandbox uid can write it), removed afterwards;
+- interpreter visibility: ``sys.executable`` may live under a directory the sandbox uid cannot
+  traverse (here ``/root`` is mode 0700 and the venv's base interpreter is
+  ``/root/.pyenv/versions/...``). For each such path the topmost untraversable ancestor is
+  replaced by an empty tmpfs (which also hides the rest of it, e.g. ``/root``'s credentials),
+  the directories between it and the prefix are created 0755 (bwrap would make them 0700; the
+  interpreter then still started but its loader fell back to /usr's libpython), and only the
+  interpreter prefix is bind-mounted back read-only;
+- an unprivileged uid (``setpriv`` drops root and all capabilities): RLIMIT_NPROC binds only a
+  non-root uid (design.md §4: a fork bomb as root got 10,000 processes). Each run gets its own
+  uid from ``_UID_BASE`` upwards (no passwd entry needed), so a fork bomb in one run cannot use
+  up the process limit of runs beside it;
 - a fresh temporary working directory per run, removed afterwards;
 - ``python3 -I`` (isolated mode: no user site, no ``PYTHON*`` variables) with a scrubbed
   environment (minimal PATH/LANG/HOME; no AWS_*, tokens or other secrets of the parent);
 - a new session, so a wall-clock timeout kills the whole process group;
-- rlimits: CPU seconds, address space, file size, process count (RLIMIT_NPROC does not bind
-  root: that needs the later uid drop);
+- rlimits (set before bwrap starts, inherited through the uid drop): CPU seconds, address space,
+  file size, process count (binding only thanks to the uid drop), no core files;
 - stdout/stderr read at most ``max_output_bytes`` each; the program is killed past that.
-What it does not give: network isolation or a read-only filesystem.
+
+Without ``bwrap`` (or ``setpriv``) ``run_program`` raises ``SandboxUnavailable``; setting
+``POSTTRAIN_UNSAFE_SANDBOX=1`` instead falls back to the rlimits-only subprocess (no network or
+filesystem isolation, RLIMIT_NPROC not binding root) with a warning logged once.
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
 import math
 import os
 import resource
 import selectors
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 
+log = logging.getLogger(__name__)
+
 MAX_OUTPUT_BYTES = 4 << 20  # per stream
 MAX_FILE_BYTES = 16 << 20  # largest file the program may write
-MAX_PROCESSES = 128
+MAX_PROCESSES = 64  # per run: each run has its own uid
+UNSAFE_ENV = "POSTTRAIN_UNSAFE_SANDBOX"
+_UID_BASE = 200_000  # sandbox uids: _UID_BASE .. _UID_BASE + _UID_SPAN - 1, no passwd entries
+_UID_SPAN = 100_000
 _MEMORY_MARKERS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc")
 _SAFE_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -57,6 +93,142 @@ class RunResult:
     memory_exceeded: bool
     wall_s: float
     output_truncated: bool = False
+
+
+class SandboxUnavailable(RuntimeError):
+    """bubblewrap (or setpriv) is missing or does not work here, and the unsafe fallback is off."""
+
+
+_INSTALL_HINT = (
+    "untrusted programs run under bubblewrap; install it (Debian/Ubuntu: "
+    "`apt-get install -y bubblewrap`, or `make setup` as root), or set "
+    f"{UNSAFE_ENV}=1 to run them with rlimits only (no network or filesystem isolation)"
+)
+_probe_lock = threading.Lock()
+_probe_result: tuple[bool, str] | None = None  # (works, why not)
+_warned_unsafe = False
+_uids = itertools.count()
+_uid_lock = threading.Lock()
+
+
+def _next_uid() -> int:
+    """A sandbox uid for one run, distinct between concurrent runs of this process."""
+    with _uid_lock:
+        n = next(_uids)
+    return _UID_BASE + (os.getpid() * 997 + n) % _UID_SPAN
+
+
+def _hidden_ancestor(path: str) -> str | None:
+    """The topmost proper ancestor of ``path`` that other users cannot traverse, or None."""
+    parts = os.path.abspath(path).split(os.sep)[1:]
+    current = ""
+    for part in parts[:-1]:
+        current += os.sep + part
+        try:
+            mode = os.stat(current).st_mode
+        except OSError:
+            return None
+        if not mode & stat.S_IXOTH:
+            return current
+    return None
+
+
+def _interpreter_binds() -> list[str]:
+    """bwrap arguments that make the interpreter visible to an unprivileged uid (module docstring)."""
+    needed = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    needed.add(os.path.dirname(os.path.realpath(sys.executable)))
+    tmpfs: set[str] = set()
+    binds: set[str] = set()
+    for path in needed:
+        top = _hidden_ancestor(os.path.join(path, "x"))
+        if top is not None:
+            tmpfs.add(top)
+            binds.add(path)
+    binds = {p for p in binds if not any(p.startswith(q + os.sep) for q in binds)}
+    args: list[str] = []
+    for top in sorted(tmpfs):
+        args += ["--tmpfs", top]
+    made: set[str] = set()
+    for path in sorted(binds):
+        # bwrap would create the missing directories between the tmpfs and the bind as 0700
+        # (untraversable for the sandbox uid): create them 0755 first.
+        top = next(t for t in tmpfs if path.startswith(t + os.sep))
+        middle = top
+        for part in os.path.relpath(os.path.dirname(path), top).split(os.sep):
+            if part in ("", "."):
+                continue
+            middle = os.path.join(middle, part)
+            if middle not in made:
+                made.add(middle)
+                args += ["--perms", "0755", "--dir", middle]
+        args += ["--ro-bind", path, path]
+    return args
+
+
+def _bwrap_prefix(workdir: str, uid: int | None) -> list[str]:
+    """The bwrap + setpriv command line that precedes ``python -I main.py``."""
+    cmd = [
+        "bwrap", "--unshare-net", "--unshare-pid", "--die-with-parent", "--new-session",
+        "--ro-bind", "/", "/", *_interpreter_binds(),
+        "--tmpfs", "/tmp", "--bind", workdir, workdir, "--chdir", workdir,
+        "--dev", "/dev", "--proc", "/proc", "--",
+    ]
+    if uid is not None:  # as root: drop to an unprivileged uid so RLIMIT_NPROC binds
+        cmd += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all"]
+    return cmd
+
+
+def _sandbox_uid() -> int | None:
+    """The uid to drop to, or None when not root (already unprivileged: no setpriv needed)."""
+    return _next_uid() if os.geteuid() == 0 else None
+
+
+def _probe() -> tuple[bool, str]:
+    """Check once per process that bwrap (and setpriv, as root) can start Python here."""
+    global _probe_result
+    with _probe_lock:
+        if _probe_result is not None:
+            return _probe_result
+        missing = [t for t in ("bwrap", "setpriv") if shutil.which(t) is None]
+        if os.geteuid() != 0 and "setpriv" in missing:
+            missing.remove("setpriv")
+        if missing:
+            _probe_result = (False, f"{' and '.join(missing)} not found on PATH")
+            return _probe_result
+        workdir = tempfile.mkdtemp(prefix="posttrain-probe-")
+        try:
+            os.chmod(workdir, 0o777)
+            cmd = _bwrap_prefix(workdir, _sandbox_uid()) + [sys.executable, "-I", "-c", "print('ok')"]
+            try:
+                done = subprocess.run(cmd, capture_output=True, timeout=30, env=dict(_SAFE_ENV))
+                ok = done.returncode == 0 and done.stdout.strip() == b"ok"
+                err = done.stderr.decode(errors="replace")[-500:]
+                why = "" if ok else f"sandbox probe failed ({done.returncode}): {err}"
+            except (OSError, subprocess.TimeoutExpired) as e:
+                ok, why = False, f"sandbox probe failed: {e}"
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        _probe_result = (ok, why)
+        return _probe_result
+
+
+def sandbox_available() -> bool:
+    """True when programs run under bubblewrap here (probed once per process)."""
+    return _probe()[0]
+
+
+def _isolation() -> bool:
+    """True to run under bwrap; False for the unsafe fallback; raise if neither is allowed."""
+    global _warned_unsafe
+    ok, why = _probe()
+    if ok:
+        return True
+    if os.environ.get(UNSAFE_ENV) == "1":
+        if not _warned_unsafe:
+            _warned_unsafe = True
+            log.warning("%s; %s=1: running untrusted programs with rlimits only", why, UNSAFE_ENV)
+        return False
+    raise SandboxUnavailable(f"{why}: {_INSTALL_HINT}")
 
 
 def _limiter(cpu_s: int, memory_bytes: int):
@@ -131,24 +303,28 @@ def run_program(
     ``memory_mb`` caps the address space (MiB). The CPU-time rlimit is ``ceil(timeout_s) + 1``
     seconds. Thread-safe: each call has its own directory and process group.
     """
+    isolated = _isolation()
     workdir = tempfile.mkdtemp(prefix="posttrain-run-")
     try:
+        if isolated:
+            os.chmod(workdir, 0o777)  # writable by the sandbox uid
         with open(os.path.join(workdir, "main.py"), "w", encoding="utf-8") as f:
             f.write(source)
         with open(os.path.join(workdir, "stdin.txt"), "w", encoding="utf-8") as f:
             f.write(stdin)
-        return _run_in(workdir, timeout_s, memory_mb, max_output_bytes)
+        return _run_in(workdir, timeout_s, memory_mb, max_output_bytes, isolated)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _run_in(workdir: str, timeout_s: float, memory_mb: int, cap: int) -> RunResult:
+def _run_in(workdir: str, timeout_s: float, memory_mb: int, cap: int, isolated: bool) -> RunResult:
     """Start ``main.py`` in ``workdir`` (stdin from ``stdin.txt``), wait, kill the group, report."""
     env = dict(_SAFE_ENV, HOME=workdir, TMPDIR=workdir)
+    prefix = _bwrap_prefix(workdir, _sandbox_uid()) if isolated else []
     start = time.monotonic()
     with open(os.path.join(workdir, "stdin.txt"), "rb") as stdin_file:
         proc = subprocess.Popen(
-            [sys.executable, "-I", "main.py"],
+            [*prefix, sys.executable, "-I", "main.py"],
             cwd=workdir,
             stdin=stdin_file,
             stdout=subprocess.PIPE,
