@@ -165,12 +165,24 @@ def _interpreter_binds() -> list[str]:
     return args
 
 
+def sandbox_python() -> str:
+    """The interpreter programs run with: the base installation behind ``sys.executable``.
+
+    A virtual environment's ``bin/python`` is a link that may sit where the sandbox hides it
+    (a checkout under /tmp, which gets a private tmpfs); programs need only the standard
+    library, which the base installation has.
+    """
+    return os.path.realpath(sys.executable)
+
+
 def _bwrap_prefix(workdir: str, uid: int | None) -> list[str]:
     """The bwrap + setpriv command line that precedes ``python -I main.py``."""
+    base = os.path.realpath(sys.base_prefix)
+    under_tmp = ["--ro-bind", base, base] if base.startswith("/tmp/") else []
     cmd = [
         "bwrap", "--unshare-net", "--unshare-pid", "--die-with-parent", "--new-session",
         "--ro-bind", "/", "/", *_interpreter_binds(),
-        "--tmpfs", "/tmp", "--bind", workdir, workdir, "--chdir", workdir,
+        "--tmpfs", "/tmp", *under_tmp, "--bind", workdir, workdir, "--chdir", workdir,
         "--dev", "/dev", "--proc", "/proc", "--",
     ]
     if uid is not None:  # as root: drop to an unprivileged uid so RLIMIT_NPROC binds
@@ -198,7 +210,7 @@ def _probe() -> tuple[bool, str]:
         workdir = tempfile.mkdtemp(prefix="posttrain-probe-")
         try:
             os.chmod(workdir, 0o777)
-            cmd = _bwrap_prefix(workdir, _sandbox_uid()) + [sys.executable, "-I", "-c", "print('ok')"]
+            cmd = _bwrap_prefix(workdir, _sandbox_uid()) + [sandbox_python(), "-I", "-c", "print('ok')"]
             try:
                 done = subprocess.run(cmd, capture_output=True, timeout=30, env=dict(_SAFE_ENV))
                 ok = done.returncode == 0 and done.stdout.strip() == b"ok"
@@ -324,7 +336,7 @@ def _run_in(workdir: str, timeout_s: float, memory_mb: int, cap: int, isolated: 
     start = time.monotonic()
     with open(os.path.join(workdir, "stdin.txt"), "rb") as stdin_file:
         proc = subprocess.Popen(
-            [*prefix, sys.executable, "-I", "main.py"],
+            [*prefix, sandbox_python() if prefix else sys.executable, "-I", "main.py"],
             cwd=workdir,
             stdin=stdin_file,
             stdout=subprocess.PIPE,
