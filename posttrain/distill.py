@@ -42,8 +42,7 @@ def collect_verified(records, groups) -> tuple[list[dict], dict]:
                 continue
             seen.add((record.id, c.text.strip()))
             row["kept"] += 1
-            pairs.append({"prompt": [{"role": "user", "content": record.prompt}],
-                          "completion": [{"role": "assistant", "content": c.text}], "id": record.id})
+            pairs.append(record.sft_pair(c.text))
     return pairs, dict(report)
 
 
@@ -58,7 +57,7 @@ def run_distill_stage(ctx: StageContext, cfg: DistillStage) -> dict:
     try:
         params = SamplingParams(n=cfg.samples_per_prompt, temperature=cfg.sampling.temperature,
                                 top_p=cfg.sampling.top_p, max_new_tokens=cfg.sampling.max_new_tokens, seed=ctx.seed)
-        groups = engine.generate([[{"role": "user", "content": r.prompt}] for r in records], params)
+        groups = engine.generate([r.chat() for r in records], params)
     finally:
         engine.close()
     pairs, report = collect_verified(records, groups)

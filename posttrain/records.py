@@ -57,6 +57,14 @@ class Record(BaseModel):
     source: str
     meta: dict[str, Any] = Field(default_factory=dict)
 
+    def chat(self) -> list[dict[str, str]]:
+        """The prompt as a chat: one user turn, no system prompt (design.md §1.5)."""
+        return [{"role": "user", "content": self.prompt}]
+
+    def sft_pair(self, completion: str) -> dict[str, Any]:
+        """A conversational prompt/completion example (TRL's format) answering this record."""
+        return {"prompt": self.chat(), "completion": [{"role": "assistant", "content": completion}], "id": self.id}
+
     def verifier_reference(self) -> dict[str, Any]:
         """The reference fields its verifier takes, plus ``prompt`` (instruction checkers read it)."""
         return {**self.reference.verifier_fields(), "prompt": self.prompt}

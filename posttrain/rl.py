@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 def rl_rows(records: list[Record]) -> list[dict]:
     """Dataset rows for GRPO: a chat prompt plus the columns the reward function reads."""
-    return [{"prompt": [{"role": "user", "content": r.prompt}],
+    return [{"prompt": r.chat(),
              "reference": json.dumps(r.verifier_reference()), "verifier": r.verifier, "id": r.id}
             for r in records]
 

@@ -28,8 +28,7 @@ def sft_pairs(records: list[Record], tokenizer=None, min_solution_tokens: int = 
             continue
         if min_solution_tokens and len(tokenizer(target, add_special_tokens=False)["input_ids"]) < min_solution_tokens:
             continue
-        pairs.append({"prompt": [{"role": "user", "content": r.prompt}],
-                      "completion": [{"role": "assistant", "content": target}], "id": r.id})
+        pairs.append(r.sft_pair(target))
     return pairs
 
 

@@ -35,7 +35,7 @@ def run_benchmark(engine, spec: BenchmarkSpec, sampling, data_root: str | None, 
     params = SamplingParams(n=spec.k, temperature=sampling.temperature, top_p=sampling.top_p,
                             max_new_tokens=sampling.max_new_tokens, seed=seed)
     start = time.monotonic()
-    groups = engine.generate([[{"role": "user", "content": r.prompt}] for r in records], params)
+    groups = engine.generate([r.chat() for r in records], params)
     correct, answers, tokens = [], [], 0
     path = out_dir / "samples" / f"{spec.name}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
