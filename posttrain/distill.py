@@ -16,7 +16,7 @@ from posttrain.context import StageContext
 from posttrain.data import load_mixture
 from posttrain.engines import SamplingParams, open_engine
 from posttrain.sft import train_sft
-from posttrain.verifiers import get_verifier
+from posttrain.verifiers.base import verify_all
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +29,15 @@ def collect_verified(records, groups) -> tuple[list[dict], dict]:
     """
     pairs, seen = [], set()
     report: dict[str, dict] = defaultdict(lambda: {"prompts": 0, "samples": 0, "verified": 0, "kept": 0})
+    verdicts = iter(verify_all([r.verifier for r, g in zip(records, groups) for _ in g],
+                               [c.text for g in groups for c in g],
+                               [r.verifier_reference() for r, g in zip(records, groups) for _ in g]))
     for record, group in zip(records, groups):
         row = report[record.domain]
         row["prompts"] += 1
-        verifier = get_verifier(record.verifier)
         for c in group:
             row["samples"] += 1
-            if not verifier.verify(c.text, record.verifier_reference()).passed:
+            if not next(verdicts).passed:
                 continue
             row["verified"] += 1
             if (record.id, c.text.strip()) in seen:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from posttrain.verifiers import get_verifier
+from posttrain.verifiers.base import verify_all
 
 
 def completion_text(completion: Any) -> str:
@@ -19,11 +19,9 @@ def verifier_reward(prompts: list, completions: list, reference: list[str], veri
     """TRL reward function: the verifier score in [0, 1] of each completion, shape ``[batch]``.
 
     ``reference`` (JSON of the record's verifier fields) and ``verifier`` (registry name) are
-    dataset columns that TRL passes through per completion.
+    dataset columns that TRL passes through per completion. Graded with
+    :func:`posttrain.verifiers.base.verify_all` (batched per verifier, in parallel).
     """
-    cache: dict[str, Any] = {}
-    scores = []
-    for completion, ref, name in zip(completions, reference, verifier):
-        v = cache.setdefault(name, get_verifier(name))
-        scores.append(float(v.verify(completion_text(completion), json.loads(ref)).score))
-    return scores
+    texts = [completion_text(c) for c in completions]
+    verdicts = verify_all(verifier, texts, [json.loads(r) for r in reference])
+    return [float(v.score) for v in verdicts]

@@ -50,7 +50,7 @@ def test_code_file(tmp_path):
     out = tmp_path / "out.jsonl"
     summary = grade_file("code", write_jsonl(tmp_path / "in.jsonl", rows), out, workers=1)
     assert summary == {"n": 2, "passed": 1, "mean_score": 0.5}
-    assert [r["details"]["verdicts"] for r in read_jsonl(out)] == [["accepted"], ["runtime_error"]]
+    assert [r["details"]["verdicts"] for r in read_jsonl(out)] == [["accepted"], ["wrong_answer"]]
 
 
 def test_empty_file(tmp_path):

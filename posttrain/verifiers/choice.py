@@ -6,7 +6,7 @@ as some ARC rows do). Labels compare case-insensitively.
 
 The chosen label is, in order of preference, from the text after the reasoning block:
 1. the last ``\\boxed{X}`` (a label, "(B)", "B. text", or an option's text);
-2. the last "answer is (X)" / "answer is X" / "Answer: X";
+2. the last "answer is (X)" / "answer is X" / "Answer: X" / "answer is <an option's text>";
 3. a final line that is a label or equals an option's text.
 """
 
@@ -24,6 +24,7 @@ _ANSWER_PHRASE = r"(?i:answer)\s*(?:is|:)\s*\**\s*:?\s*"
 # "(x)" may be lower case; a bare letter must be upper case ("the answer is a bit" is no answer).
 _ANSWER_PAREN = re.compile(_ANSWER_PHRASE + r"\(([A-Za-z]|\d{1,2})\)")
 _ANSWER_BARE = re.compile(_ANSWER_PHRASE + r"([A-Z]|\d{1,2})(?![\w])")
+_ANSWER_REST = re.compile(_ANSWER_PHRASE + r"([^\n]+)")
 _LATEX_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mathbf)\s*\{([^{}]*)\}")
 _LEADING_LABEL = re.compile(r"^\(?([A-Za-z]|\d{1,2})\)?(?:[.:)]|\s|$)")
 
@@ -55,21 +56,41 @@ def _field(choice: Any, name: str) -> Any:
     return choice[name] if isinstance(choice, Mapping) else getattr(choice, name)
 
 
-def _norm_text(text: str) -> str:
-    """Lower case, LaTeX text wrappers and markdown/punctuation at the ends removed."""
+def _norm_text(text: str, fold_case: bool = True) -> str:
+    """LaTeX text wrappers, markdown and quotes at the ends, and a trailing full stop removed;
+    lower case when ``fold_case``. A leading "." stays: ".8 lb" is not "8 lb"."""
     text = _LATEX_WRAPPER.sub(r"\1", text)
-    return " ".join(text.split()).strip(" *$.:`'\"").lower()
+    text = " ".join(text.split()).strip(" *$:`'\"").rstrip(".").strip(" *$:`'\"")
+    return text.lower() if fold_case else text
+
+
+def _option_with_text(text: str, labels: dict[str, str]) -> str | None:
+    """The one label whose option text ``text`` is: matched exactly first (MMLU-Pro has options
+    differing only in case, "Bb Bb" vs "BB bb"), then ignoring case; None if no option, or
+    several, match."""
+    for fold_case in (False, True):
+        wanted = _norm_text(text, fold_case)
+        hits = [label for label, t in labels.items() if t.strip() and _norm_text(t, fold_case) == wanted]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            return None
+    return None
 
 
 def _label_in(text: str, labels: dict[str, str], leading: bool) -> str | None:
     """The label ``text`` names: the label itself ("B", "(B)"), an option's text, or, when
-    ``leading`` is set, a leading "(B) ..." / "B. ..." / "B ..." label."""
+    ``leading`` is set, a leading "(B) ..." / "B. ..." / "B ..." label.
+
+    A label reading wins over an option text that is itself a label-like string (an MMLU-Pro
+    option "(a)" or "E"): a boxed "E" means option E.
+    """
     cleaned = _norm_text(text)
     if cleaned.strip("()").upper() in labels:
         return cleaned.strip("()").upper()
-    texts = {_norm_text(t): label for label, t in labels.items() if t.strip()}
-    if cleaned in texts:
-        return texts[cleaned]
+    by_text = _option_with_text(text, labels)
+    if by_text is not None:
+        return by_text
     match = _LEADING_LABEL.match(cleaned) if leading else None
     if match and match.group(1).upper() in labels:
         return match.group(1).upper()
@@ -77,11 +98,18 @@ def _label_in(text: str, labels: dict[str, str], leading: bool) -> str | None:
 
 
 def _answer_phrase(text: str, labels: dict[str, str]) -> str | None:
-    """The label of the last "answer is (X)" / "answer is X" whose X is a known label."""
+    """The label of the last "answer is (X)" / "answer is X" / "Answer: <option text>" whose X
+    is a known label or whose rest of the line is exactly one option's text."""
     matches = [m for rx in (_ANSWER_PAREN, _ANSWER_BARE) for m in rx.finditer(text)]
-    found = [(m.start(), m.group(1).upper()) for m in matches]
-    found = [(pos, label) for pos, label in found if label in labels]
-    return max(found)[1] if found else None
+    # (position, is a label reading, label): at one position a label reading beats option text,
+    # as in a box ("Answer: B" is option B even where option D's text is "B").
+    found = [(m.start(), True, m.group(1).upper()) for m in matches]
+    for m in _ANSWER_REST.finditer(text):
+        label = _option_with_text(m.group(1), labels)
+        if label is not None:
+            found.append((m.start(), False, label))
+    found = [item for item in found if item[2] in labels]
+    return max(found)[2] if found else None
 
 
 def extract_choice(completion: str, labels: dict[str, str]) -> tuple[str | None, str]:
