@@ -49,6 +49,9 @@ MMLU_PRO = {"options": [f"option {i}" for i in range(10)], "answer": "J"}
         ("The answer is a bit unclear.", ARC, None, False),
         ("Rubbing generates heat.\nDry palms", ARC, "A", True),
         ("Rubbing generates heat.\n(A)", ARC, "A", True),
+        ("Rubbing generates heat.\nA. dry palms", ARC, "A", True),
+        ("Rubbing generates heat.\nB. wet palms", ARC, "B", False),
+        ("Rubbing generates heat.\nA. wet palms", ARC, None, False),  # label and text disagree
         ("I am not sure.", ARC, None, False),
         (r"\boxed{E}", ARC, None, False),  # not a label of this question
         (r"\boxed{2}", ARC_DIGITS, "2", True),

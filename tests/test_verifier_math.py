@@ -470,3 +470,20 @@ def test_workers_are_gone_after_interpreter_exit():
         time.sleep(0.1)
     assert not any(Path(f"/proc/{p}").exists() for p in pids), "worker outlived its parent"
     assert time.monotonic() - start < 60
+
+
+def test_workers_do_not_rerun_a_script_without_main_guard(tmp_path):
+    """Spawned graders must not re-import the caller's script (it would load models, never be ready)."""
+
+    script = tmp_path / "no_guard.py"
+    script.write_text(
+        "print('BODY')\n"
+        "from posttrain.verifiers.math import MathVerifier\n"
+        "verdicts = MathVerifier().verify_batch([r'\\boxed{\\frac{1}{2}}', r'\\boxed{3}'], [{'answer': '0.5'}, {'answer': '4'}])\n"
+        "print([v.passed for v in verdicts])\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(repo)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines() == ["BODY", "[True, False]"]

@@ -7,7 +7,7 @@ as some ARC rows do). Labels compare case-insensitively.
 The chosen label is, in order of preference, from the text after the reasoning block:
 1. the last ``\\boxed{X}`` (a label, "(B)", "B. text", or an option's text);
 2. the last "answer is (X)" / "answer is X" / "Answer: X" / "answer is <an option's text>";
-3. a final line that is a label or equals an option's text.
+3. a final line that is a label, an option's text, or a label with its text ("B. amphibians").
 """
 
 from __future__ import annotations
@@ -79,8 +79,9 @@ def _option_with_text(text: str, labels: dict[str, str]) -> str | None:
 
 
 def _label_in(text: str, labels: dict[str, str], leading: bool) -> str | None:
-    """The label ``text`` names: the label itself ("B", "(B)"), an option's text, or, when
-    ``leading`` is set, a leading "(B) ..." / "B. ..." / "B ..." label.
+    """The label ``text`` names: the label itself ("B", "(B)"), an option's text, a label
+    followed by its own option text ("B. amphibians"), or, when ``leading`` is set, any leading
+    "(B) ..." / "B. ..." / "B ..." label.
 
     A label reading wins over an option text that is itself a label-like string (an MMLU-Pro
     option "(a)" or "E"): a boxed "E" means option E.
@@ -91,9 +92,12 @@ def _label_in(text: str, labels: dict[str, str], leading: bool) -> str | None:
     by_text = _option_with_text(text, labels)
     if by_text is not None:
         return by_text
-    match = _LEADING_LABEL.match(cleaned) if leading else None
+    match = _LEADING_LABEL.match(cleaned)
     if match and match.group(1).upper() in labels:
-        return match.group(1).upper()
+        label = match.group(1).upper()
+        # "B. amphibians" names B when its text follows; a bare leading label only where allowed
+        if leading or (labels[label].strip() and _norm_text(cleaned[match.end():]) == _norm_text(labels[label])):
+            return label
     return None
 
 

@@ -12,9 +12,9 @@ Properties:
 - A worker imports ``preload`` and runs ``initializer`` before it reports ready, so start-up
   (about 0.5-2 s for sympy) never counts against a call's deadline. ``bare_packages`` keeps a
   package's ``__init__`` from running there, so preloading one submodule stays light.
-- Spawned workers re-import the parent's ``__main__`` script (Python's spawn semantics): a script
-  that starts workers needs an ``if __name__ == "__main__":`` guard, and its top-level imports
-  (torch...) add to each worker's start-up.
+- Spawned workers do not re-import the parent's ``__main__`` script (Python's spawn would; see
+  ``_without_main_module``), so a script without a ``__main__`` guard can grade too, and its
+  top-level imports (torch...) never slow a worker's start-up.
 - The deadline of a call starts when it is handed to a ready worker, not when it is queued.
 - A worker that dies mid-call (segfault, ``os._exit``, OOM kill) gives that call the status
   ``"crashed"`` and is replaced; the pool keeps working.
@@ -30,12 +30,15 @@ Tasks and their arguments must be picklable; a task function is pickled by refer
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import multiprocessing
 import os
 import pickle
+import sys
 import threading
 import time
+import types
 from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -138,6 +141,34 @@ def _worker_main(conn: Connection, preload: Sequence[str], initializer: str | No
             conn.send(("error", f"could not send result: {exc!r}"))
 
 
+_main_swap_lock = threading.Lock()
+
+
+class _NoMain(types.ModuleType):
+    """Stand-in ``__main__`` without ``__file__`` or ``__spec__`` while a worker is spawned."""
+
+
+@contextlib.contextmanager
+def _without_main_module():
+    """Spawn a worker without it re-running the parent's ``__main__`` script.
+
+    Python's spawn records the parent's main script (``__main__.__file__`` or ``__spec__``) when
+    a process starts, and the child imports it again: a script without an ``if __name__ ==
+    "__main__"`` guard would run its whole body (load models, start servers) in every grading
+    worker and never report ready. Our workers need nothing from ``__main__`` (tasks are
+    module-level functions), so ``__main__`` is swapped for an empty module for the moment the
+    preparation data is taken (inside ``Process.start``), under a lock.
+    """
+    with _main_swap_lock:
+        real = sys.modules.get("__main__")
+        sys.modules["__main__"] = _NoMain("__main__")
+        try:
+            yield
+        finally:
+            if real is not None:
+                sys.modules["__main__"] = real
+
+
 class WorkerStartError(RuntimeError):
     """A worker process died or reported an error before it was ready (bad environment, not a bad call)."""
 
@@ -150,7 +181,8 @@ class _Worker:
         names = {"conn": child_conn, "preload": tuple(preload), "initializer": initializer,
                  "bare_packages": tuple(bare_packages)}
         self.process = context.Process(target=exec, args=(_BOOTSTRAP, names), daemon=True, name="posttrain-worker")
-        self.process.start()
+        with _without_main_module():
+            self.process.start()
         child_conn.close()
         self.ready = False
 
@@ -277,7 +309,7 @@ class WorkerPool:
 
         Raises:
             WorkerStartError: if a worker dies or fails before it is ready (an environment
-                problem, e.g. an import error or a script without a ``__main__`` guard).
+                problem, e.g. an import error in the worker).
             RuntimeError: if the pool is closed.
         """
         pending = deque(enumerate(args_list))
