@@ -44,3 +44,66 @@ def param_delta(before: Path, after: Path) -> dict:
         mx = max(mx, float(d.max())) if d.numel() else mx
         changed += int(bool((d > 0).any()))
     return {"l2": math.sqrt(sq), "max_abs": mx, "changed_tensors": changed, "tensors": len(ia)}
+
+
+class RemoteCheckpoints:
+    """Trainer checkpoints mirrored to the artifact store, so a retried or restarted stage resumes.
+
+    Layout: ``<stage prefix>/checkpoints/<name>/...`` (a ``transformers`` checkpoint folder with
+    model, optimizer, scheduler, RNG and trainer state, so the data position too), then
+    ``<stage prefix>/checkpoints/latest.json`` written last, naming the newest complete one.
+    ``publish_stage`` never copies this folder into the output; the stage clears it when it
+    has published (design.md §2: ``checkpoints/`` lives while the stage runs).
+    """
+
+    def __init__(self, store, prefix: str):
+        self.store = store
+        self.prefix = f"{prefix}/checkpoints"
+
+    def upload(self, local: Path, phase: str = "") -> None:
+        """Upload one checkpoint folder, then point ``latest.json`` at it.
+
+        ``phase`` names the sub-phase (``accuracy``, ``efficiency``) the checkpoint belongs to.
+        """
+        name = f"{phase}-{local.name}" if phase else local.name
+        for path in sorted(p for p in local.rglob("*") if p.is_file()):
+            self.store.put_file(path, f"{self.prefix}/{name}/{path.relative_to(local).as_posix()}")
+        self.store.put_json(f"{self.prefix}/latest.json", {"name": name, "phase": phase})
+        for old in self._names() - {name}:  # keep only the newest
+            for rel in self.store.list(f"{self.prefix}/{old}/"):
+                self.store.delete(rel)
+
+    def latest(self, local_root: Path) -> tuple[str, Path] | None:
+        """Download the newest complete checkpoint under ``local_root``: ``(phase, folder)``, or None."""
+        marker = f"{self.prefix}/latest.json"
+        if not self.store.exists(marker):
+            return None
+        latest = self.store.get_json(marker)
+        folder = local_root / latest["name"]
+        for rel in self.store.list(f"{self.prefix}/{latest['name']}/"):
+            target = folder / rel.split(f"{self.prefix}/{latest['name']}/", 1)[1]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.store.get_file(rel, target)
+        return latest.get("phase", ""), folder
+
+    def put_json(self, name: str, obj) -> None:
+        """Keep a small JSON document beside the checkpoints (e.g. the prompt filter's decision)."""
+        self.store.put_json(f"{self.prefix}/{name}", obj)
+
+    def get_json(self, name: str):
+        """A document kept with :meth:`put_json`, or None."""
+        rel = f"{self.prefix}/{name}"
+        return self.store.get_json(rel) if self.store.exists(rel) else None
+
+    def clear(self) -> None:
+        """Remove every mirrored checkpoint (after the stage published its output)."""
+        for rel in self.store.list(f"{self.prefix}/"):
+            self.store.delete(rel)
+
+    def _names(self) -> set[str]:
+        names = set()
+        for rel in self.store.list(f"{self.prefix}/"):
+            rest = rel.split(f"{self.prefix}/", 1)[1]
+            if "/" in rest:  # folders only: latest.json and kept documents sit at the top
+                names.add(rest.split("/", 1)[0])
+        return names

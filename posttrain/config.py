@@ -83,17 +83,57 @@ class SFTStage(Strict):
     packing: bool = False
 
 
+class PromptFilter(Strict):
+    """Before a phase: sample the starting checkpoint ``group_size`` times per prompt and drop the
+    prompts it solves 0% or 100% of the time (no group variance, no GRPO signal; design.md §1.2)."""
+
+    enabled: bool = True
+    engine: Engine = "vllm"
+    temperature: float = Field(default=1.0, gt=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    max_new_tokens: int | None = Field(default=None, ge=1, description="None: the phase's max_completion_length")
+    batch_size: int = Field(default=32, ge=1, description="prompts per generate call (hf engine)")
+
+
+class LoraSpec(Strict):
+    """PEFT LoRA adapters instead of full fine-tuning; the saved model has them merged."""
+
+    r: int = Field(default=16, ge=1)
+    alpha: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    target_modules: list[str] | str = "all-linear"
+
+
+class EfficiencyPhase(Strict):
+    """Math's second sub-phase (3B §2.2 "Long2Short"): continues from the accuracy phase's policy
+    with length-shaped rewards among correct rollouts."""
+
+    train: TrainSpec = Field(default_factory=lambda: TrainSpec(learning_rate=1e-6, per_device_batch_size=4))
+    long2short: float = Field(default=0.2, gt=0, description="lambda_len of the Long2Short shift")
+    max_completion_length: int | None = Field(default=None, ge=1, description="None: the phase's own")
+
+
 class RLStage(Strict):
-    """A GRPO phase: rollouts per prompt, a verifier reward, optimiser steps (1.5B §2)."""
+    """A GRPO phase with MGPO weights: rollouts per prompt, a verifier reward, optimiser steps (1.5B §2)."""
 
     data: list[DataSpec]
     train: TrainSpec = Field(default_factory=lambda: TrainSpec(learning_rate=1e-6, per_device_batch_size=4))
     group_size: int = Field(default=4, ge=2, description="rollouts per prompt (TRL num_generations)")
-    max_completion_length: int = Field(default=64, ge=1)
+    max_completion_length: int = Field(default=64, ge=1, description="the phase's context for rollouts, tokens")
     temperature: float = Field(default=1.0, gt=0)
     top_p: float = Field(default=1.0, gt=0, le=1)
     kl_coef: float = Field(default=0.0, ge=0, description="TRL beta")
+    mgpo_lambda: float = Field(default=1.0, ge=0, description="MGPO lambda; 0 = plain GRPO")
+    long2short: float | None = Field(default=None, gt=0, description="Long2Short lambda_len for the whole phase")
+    efficiency: EfficiencyPhase | None = None
     rollout_engine: Engine = "hf"
+    filter: PromptFilter = Field(default_factory=PromptFilter)
+    save_steps: int = Field(default=0, ge=0, description="checkpoint to the artifact store every N steps; 0 = never")
+    eval_every: int = Field(default=0, ge=0, description="quick held-out evaluation every N steps; 0 = never")
+    eval_prompts: int = Field(default=8, ge=1, description="held-out prompts (taken from the phase's data) per evaluation")
+    eval_samples: int = Field(default=2, ge=1, description="samples per held-out prompt")
+    sample_rollouts: int = Field(default=4, ge=0, description="rollouts logged per evaluation as a table")
+    lora: LoraSpec | None = None
 
 
 class SamplingSpec(Strict):

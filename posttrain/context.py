@@ -15,7 +15,8 @@ class StageContext:
 
     ``inputs`` maps names (``model``, ``rl_math``...) to local folders of upstream outputs;
     files the stage writes under ``out_dir`` are published when it returns; ``tracker`` is the
-    stage's MLflow child run (None when tracking is off).
+    stage's MLflow child run (None when tracking is off); ``checkpoints`` mirrors trainer
+    checkpoints to the artifact store so a retried stage resumes (None: no mirroring).
     """
 
     stage: str
@@ -24,6 +25,7 @@ class StageContext:
     inputs: dict[str, Path] = field(default_factory=dict)
     tracker: Any = None
     data_root: str | None = None
+    checkpoints: Any = None  # posttrain.checkpoints.RemoteCheckpoints: resume points in the store
 
     @property
     def seed(self) -> int:

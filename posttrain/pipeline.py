@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel
 
+from posttrain.checkpoints import RemoteCheckpoints
 from posttrain.config import Recipe, config_hash
 from posttrain.context import StageContext
 from posttrain.storage import ArtifactStore, local_cache_dir
@@ -169,10 +170,10 @@ def run_stage(stage: str, recipe: Recipe, key: str, upstream: StageRecord | None
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not force and (hit := cached_record(store, stage, key)):
             return hit
-        return _compute(stage, recipe, key, upstream, store, parent_tracker, data_root)
+        return _compute(stage, recipe, key, upstream, store, parent_tracker, data_root, force)
 
 
-def _compute(stage, recipe, key, upstream, store, parent_tracker, data_root) -> StageRecord:
+def _compute(stage, recipe, key, upstream, store, parent_tracker, data_root, force=False) -> StageRecord:
     from posttrain.tracking import flatten
 
     definition = STAGES[stage]
@@ -188,7 +189,11 @@ def _compute(stage, recipe, key, upstream, store, parent_tracker, data_root) -> 
     if tracker:
         tracker.log_params(flatten("", {"stage": stage, "key": key, "upstream": upstream.key if upstream else "",
                                         "config": cfg_json}))
-    ctx = StageContext(stage=stage, recipe=recipe, out_dir=work, inputs=inputs, tracker=tracker, data_root=data_root)
+    checkpoints = RemoteCheckpoints(store, store.stage_prefix(stage, key))
+    if force:  # recompute from scratch, not from an earlier attempt's checkpoints
+        checkpoints.clear()
+    ctx = StageContext(stage=stage, recipe=recipe, out_dir=work, inputs=inputs, tracker=tracker,
+                       data_root=data_root, checkpoints=checkpoints)
     start = time.monotonic()
     log.info("%s: running (key %s)", stage, key)
     try:
@@ -210,10 +215,12 @@ def _compute(stage, recipe, key, upstream, store, parent_tracker, data_root) -> 
         "upstream": upstream.key if upstream else None, "mlflow_run_id": tracker.run_id if tracker else None,
         "seconds": seconds})
     if tracker:
-        for name in ("summary.json", "eval_table.md", "eval_table.json", "distill_report.json"):
+        for name in ("summary.json", "eval_table.md", "eval_table.json", "distill_report.json",
+                     "filter_report.json", "rollout_samples.json"):
             if (work / name).is_file():
                 tracker.log_artifact(work / name)
         tracker.end("FINISHED")
+    checkpoints.clear()  # the output is published: its resume points are no longer needed
     shutil.rmtree(work, ignore_errors=True)
     return StageRecord(stage=stage, key=key, uri=store.uri(store.stage_prefix(stage, key)),
                        config_hash=manifest["config_hash"], content_hash=manifest["content_hash"],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from posttrain.config import RLStage, TrainSpec
+from posttrain.config import LoraSpec, RLStage, TrainSpec
 
 
 def _on_gpu() -> bool:
@@ -39,18 +39,39 @@ def sft_config(train: TrainSpec, output_dir: Path, seed: int, max_length: int, p
                      completion_only_loss=True, dataset_num_proc=None)
 
 
-def grpo_config(stage: RLStage, output_dir: Path, seed: int, use_vllm: bool):
-    """``trl.GRPOConfig`` for an RL phase (plain GRPO advantages; MGPO arrives with the RL issue).
+def grpo_config(stage: RLStage, output_dir: Path, seed: int, use_vllm: bool, train: TrainSpec | None = None,
+                max_completion_length: int | None = None):
+    """``trl.GRPOConfig`` for an RL phase (or its sub-phase, with its own ``train`` and length).
+
+    On-policy: one optimiser step per rollout batch (TRL's ``num_iterations=1``); with vLLM
+    rollouts TRL's truncated importance-sampling correction for the engine mismatch stays on
+    (its default). Checkpoints every ``stage.save_steps`` steps into ``output_dir`` with
+    optimizer, scheduler and RNG state (the stage mirrors them to the artifact store).
 
     Raises:
         ValueError: if the batch size is not a multiple of ``group_size``.
     """
     from trl import GRPOConfig
 
-    if stage.train.per_device_batch_size % stage.group_size:
-        raise ValueError(f"train.per_device_batch_size ({stage.train.per_device_batch_size}) counts completions and "
+    train = train or stage.train
+    if train.per_device_batch_size % stage.group_size:
+        raise ValueError(f"train.per_device_batch_size ({train.per_device_batch_size}) counts completions and "
                          f"must be a multiple of group_size ({stage.group_size})")
-    extra = dict(use_vllm=True, vllm_mode="colocate") if use_vllm else {}
-    return GRPOConfig(**_common(stage.train, output_dir, seed), num_generations=stage.group_size,
-                      max_completion_length=stage.max_completion_length, temperature=stage.temperature,
-                      top_p=stage.top_p, beta=stage.kl_coef, **extra)
+    extra = dict(use_vllm=True, vllm_mode="colocate", vllm_importance_sampling_correction=True) if use_vllm else {}
+    if stage.save_steps:
+        extra.update(save_strategy="steps", save_steps=stage.save_steps, save_total_limit=1)
+    common = _common(train, output_dir, seed)
+    common.update(extra)
+    return GRPOConfig(**common, num_generations=stage.group_size, num_iterations=1,
+                      max_completion_length=max_completion_length or stage.max_completion_length,
+                      temperature=stage.temperature, top_p=stage.top_p, beta=stage.kl_coef)
+
+
+def lora_config(spec: LoraSpec | None):
+    """``peft.LoraConfig`` for a recipe's ``lora`` block, or None for full fine-tuning."""
+    if spec is None:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                      target_modules=spec.target_modules, task_type="CAUSAL_LM")

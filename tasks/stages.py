@@ -50,6 +50,10 @@ def stage_task(stage: str, plan: RunPlan, upstream: StageRecord | None) -> Stage
         rows = [{"benchmark": name, **{k: round(v, 4) if isinstance(v, float) else v for k, v in fig.items()}}
                 for name, fig in table.items()]
         create_table_artifact(key="eval-table", table=rows, description="avg@k / pass@k / maj@k per benchmark")
+    rollouts = record.summary.get("rollouts")
+    if rollouts:
+        create_table_artifact(key=f"{stage.replace('_', '-')}-rollouts", table=rollouts,
+                              description=f"{stage}: sample rollouts of the held-out evaluations (prompt, completion, reward)")
     return record
 
 

@@ -50,7 +50,16 @@ def test_whole_dag_then_every_stage_cached(s3_env, tmp_path, monkeypatch, prefec
         assert child.data.metrics, child.data.tags["stage"]
         assert child.info.status == "FINISHED"
     by_stage = {c.data.tags["stage"]: c for c in children}
-    assert any(k.startswith("train/rl_math/") for k in by_stage["rl_math"].data.metrics)
+    rl_math = by_stage["rl_math"].data.metrics
+    for key in ("train/rl_math/mgpo/weight_mean", "train/rl_math/pass_rate/zero", "train/rl_math/heldout/avg_at_2",
+                "train/rl_math/reward/synthetic_digits/mean", "train/rl_math/rollout/tokens_per_second", "filter/kept"):
+        assert key in rl_math, (key, sorted(rl_math))
+    # rl_math ran its accuracy and efficiency phases, logged sample rollouts, and its mirrored
+    # checkpoints were removed once the output was published
+    assert stages["rl_math"]["summary"]["phases"] == "accuracy,efficiency"
+    assert stages["rl_math"]["summary"]["rollouts"]
+    prefix = f"pipeline/stages/rl_math/{stages['rl_math']['key']}/checkpoints/"
+    assert s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("KeyCount", 0) == 0
     assert any(k.startswith("eval/synthetic_digits/avg_at_") for k in by_stage["evaluate"].data.metrics)
 
     # every SFT and RL stage changed the parameters (measured on the published checkpoints)
@@ -60,9 +69,11 @@ def test_whole_dag_then_every_stage_cached(s3_env, tmp_path, monkeypatch, prefec
         before = store.fetch_stage(prev, stages[prev]["key"]) / "model"
         after = store.fetch_stage(stage, stages[stage]["key"]) / "model"
         assert param_delta(before, after)["l2"] > 0, f"{stage} did not change the model"
-    # ...and in every RL stage some group's rewards varied
+    # ...and in every RL stage the prompt filter kept prompts and some group's rewards varied
     for stage in RL:
-        assert stages[stage]["summary"]["frac_reward_zero_std_min"] < 1, stage
+        summary = stages[stage]["summary"]
+        assert summary["kept"] > 0 and summary["kept"] + summary["dropped_unsolved"] <= summary["prompts"], stage
+        assert summary["frac_reward_zero_std_min"] < 1, stage
 
     # the eval table is in the store
     table = store.get_json(f"stages/evaluate/{stages['evaluate']['key']}/eval_table.json")

@@ -24,6 +24,24 @@ class HFEngine:
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(self.device).eval()
         self.batch_size = batch_size
+        self._owned = True
+
+    @classmethod
+    def from_model(cls, model, tokenizer, batch_size: int = 32) -> "HFEngine":
+        """An engine over a model already in memory (a policy during training); ``close`` keeps it.
+
+        The tokenizer must pad on the left (the caller's copy is not changed).
+        """
+        import copy
+
+        engine = cls.__new__(cls)
+        engine.device = next(model.parameters()).device
+        engine.tokenizer = copy.copy(tokenizer)
+        engine.tokenizer.padding_side = "left"
+        if engine.tokenizer.pad_token is None:
+            engine.tokenizer.pad_token = engine.tokenizer.eos_token
+        engine.model, engine.batch_size, engine._owned = model, batch_size, False
+        return engine
 
     def generate(self, prompts: Sequence[Messages], params: SamplingParams) -> list[list[Completion]]:
         """Sample ``params.n`` completions per prompt: returns ``[len(prompts)][n]``."""
@@ -61,4 +79,5 @@ class HFEngine:
         return results
 
     def close(self) -> None:
-        del self.model
+        if self._owned:
+            del self.model
