@@ -63,18 +63,24 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--max-completion-length", type=int, default=None, help="override the phase's rollout length")
+    ap.add_argument("--prompts", type=int, default=None, help="use only the first N prompts of the phase's data")
     args = ap.parse_args()
 
     from trl import GRPOTrainer
 
     from posttrain.config import load_recipe
     from posttrain.data import load_mixture
+    from posttrain.rl.stage import drop_long_prompts
     from posttrain.rl.trainer import MGPOTrainer
 
     recipe = load_recipe(args.recipe)
     cfg = getattr(recipe, args.phase)
-    records = load_mixture(cfg.data, recipe.data_root, seed=recipe.seed)
+    if args.max_completion_length:
+        cfg = cfg.model_copy(update={"max_completion_length": args.max_completion_length})
     model_dir = _model(args.model)
+    records = load_mixture(cfg.data, recipe.data_root, seed=recipe.seed)
+    records = drop_long_prompts(records, model_dir, cfg.max_prompt_length)[0][: args.prompts]
     lam = cfg.mgpo_lambda or 1.0
     times: dict[str, list[float]] = {"grpo": [], "mgpo": []}
     rollout_share, tokens_per_s = [], []

@@ -120,6 +120,8 @@ class RLStage(Strict):
     train: TrainSpec = Field(default_factory=lambda: TrainSpec(learning_rate=1e-6, per_device_batch_size=4))
     group_size: int = Field(default=4, ge=2, description="rollouts per prompt (TRL num_generations)")
     max_completion_length: int = Field(default=64, ge=1, description="the phase's context for rollouts, tokens")
+    max_prompt_length: int | None = Field(default=512, ge=1, description="drop prompts longer than this (chat-formatted "
+                                          "tokens; truncating a problem would make it unsolvable); None keeps all")
     temperature: float = Field(default=1.0, gt=0)
     top_p: float = Field(default=1.0, gt=0, le=1)
     kl_coef: float = Field(default=0.0, ge=0, description="TRL beta")

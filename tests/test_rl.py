@@ -209,3 +209,24 @@ def test_lora_phase_saves_merged_weights(policy, data_root, tmp_path):
     assert summary["steps"] == 1 and summary["param_delta_l2"] > 0
     assert not list((tmp_path / "model").glob("adapter_*")), "the saved policy has the adapters merged"
     assert param_delta(policy, tmp_path / "model")["tensors"] > 0
+
+
+def test_long_prompts_are_dropped_not_truncated(tiny_model, data_root):
+    from posttrain.rl.stage import drop_long_prompts
+
+    records = _records(data_root)
+    long = records[0].model_copy(update={"id": "long", "prompt": "7 " * 2000})
+    kept, dropped = drop_long_prompts([*records, long], tiny_model, 256)
+    assert dropped == ["long"] and kept == records
+    assert drop_long_prompts([long], tiny_model, None) == ([long], [])
+
+
+def test_one_kept_prompt_still_trains(policy, data_root, tmp_path):
+    """A filter that keeps a single prompt (as on SmolLM2's MATH level 1) must still give steps."""
+    from posttrain.rl.stage import fill_one_batch, train_grpo
+
+    cfg = _stage(train={"max_steps": 2, "learning_rate": 1e-3, "per_device_batch_size": 8,
+                        "gradient_accumulation_steps": 2})
+    one = _records(data_root)[:1]
+    assert [r.id for r in fill_one_batch(one, cfg.train, 4)] == [one[0].id] * 4
+    assert train_grpo(one, cfg, policy, tmp_path / "model", seed=0, callbacks=[])["steps"] == 2
