@@ -73,6 +73,30 @@ class TrainSpec(Strict):
     logging_steps: int = Field(default=1, ge=1)
 
 
+class ProbeSpec(Strict):
+    """Diversity probing (1.5B §3.1-3.3): checkpoints every ``every`` steps, Pass@K per subdomain
+    on held-out probe sets, the best checkpoint per subdomain, fused by weighted averaging."""
+
+    every: int = Field(default=0, ge=0, description="checkpoint every N optimiser steps; 0 = no probing")
+    key: str | dict[str, str] = Field(default="type", description="subdomain: a meta field, 'source', "
+                                      "or domain -> field ({math: type, code: source})")
+    per_subdomain: int = Field(default=8, ge=1, description="probe prompts held out per subdomain")
+    k: int = Field(default=4, ge=1, description="the K of Pass@K")
+    samples: int | None = Field(default=None, ge=1, description="completions per probe prompt (>= k); None = k")
+    max_new_tokens: int = Field(default=256, ge=1)
+    temperature: float = Field(default=1.0, gt=0)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    engine: Engine = "vllm"
+    batch_size: int = Field(default=32, ge=1)
+    fuse: bool = Field(default=True, description="fuse the selected experts into the stage's model")
+
+    @model_validator(mode="after")
+    def _samples_cover_k(self) -> "ProbeSpec":
+        if self.samples is not None and self.samples < self.k:
+            raise ValueError(f"probe.samples ({self.samples}) must be >= probe.k ({self.k})")
+        return self
+
+
 class SFTStage(Strict):
     """A supervised fine-tuning stage on reference solutions (3B §2.1)."""
 
@@ -81,6 +105,7 @@ class SFTStage(Strict):
     max_length: int = Field(default=512, ge=16, description="tokens per example; longer ones are truncated")
     min_solution_tokens: int = Field(default=0, ge=0, description="hard subset: drop targets shorter than this")
     packing: bool = False
+    probe: ProbeSpec | None = None
 
 
 class PromptFilter(Strict):

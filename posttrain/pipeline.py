@@ -216,7 +216,7 @@ def _compute(stage, recipe, key, upstream, store, parent_tracker, data_root, for
         "seconds": seconds})
     if tracker:
         for name in ("summary.json", "eval_table.md", "eval_table.json", "distill_report.json",
-                     "filter_report.json", "rollout_samples.json"):
+                     "filter_report.json", "rollout_samples.json", "probe_report.json", "probe_heatmap.png"):
             if (work / name).is_file():
                 tracker.log_artifact(work / name)
         tracker.end("FINISHED")

@@ -64,14 +64,54 @@ def train_sft(pairs: list[dict], model_dir: Path, out_dir: Path, train: TrainSpe
 
 
 def run_sft_stage(ctx: StageContext, cfg: SFTStage) -> dict:
-    """One SFT stage: load its data mixture, keep records with solutions (and long enough), train."""
+    """One SFT stage: load its data mixture, keep records with solutions (and long enough), train.
+
+    With ``cfg.probe`` (diversity probing, 1.5B §3.1-3.3): probe sets per subdomain are held out,
+    a checkpoint is saved every ``probe.every`` steps, each is scored (Pass@K per subdomain), the
+    best per subdomain is kept and, with ``probe.fuse``, the experts are fused by weighted
+    parameter averaging into the stage's model (``posttrain.merge``). Writes ``probe_report.json``
+    and ``probe_heatmap.png`` beside the model.
+    """
     from transformers import AutoTokenizer
 
     records = load_mixture(cfg.data, ctx.data_root, seed=ctx.seed)
+    probes: dict = {}
+    callbacks = ctx.callbacks()
+    if cfg.probe is not None and cfg.probe.every:
+        from posttrain.probing import probe_callback, split_probe_sets
+
+        records, probes = split_probe_sets(records, cfg.probe.key, cfg.probe.per_subdomain, ctx.seed)
+        callbacks.append(probe_callback(ctx.out_dir, cfg.probe.every))
     tokenizer = AutoTokenizer.from_pretrained(str(ctx.model_in))
     pairs = sft_pairs(records, tokenizer, cfg.min_solution_tokens)
     log.info("%s: %d of %d records kept for SFT", ctx.stage, len(pairs), len(records))
     summary = train_sft(pairs, ctx.model_in, ctx.model_out, cfg.train, cfg.max_length, cfg.packing, ctx.seed,
-                        ctx.callbacks())
+                        callbacks)
     summary["records"] = len(records)
+    if probes:
+        summary.update(_probe_and_fuse(ctx, cfg, probes))
     return summary
+
+
+def _probe_and_fuse(ctx: StageContext, cfg: SFTStage, probes: dict) -> dict:
+    """Score the saved checkpoints, select the best per subdomain, fuse them into ``ctx.model_out``."""
+    from posttrain.checkpoints import param_delta
+    from posttrain.merge import fuse_checkpoints
+    from posttrain.probing import PROBE_DIR, expert_weights, matrix_table, run_probing, saved_checkpoints
+
+    checkpoints = saved_checkpoints(ctx.out_dir)
+    log_step = (lambda m, step: ctx.log_metrics({f"train/{ctx.stage}/{k}": v for k, v in m.items()}, step))
+    matrix, selection = run_probing(checkpoints, probes, cfg.probe, ctx.seed, ctx.out_dir, log_step)
+    out = {"probe_subdomains": len(probes), "probe_checkpoints": len(checkpoints),
+           "probe_selection": selection, "probe_table": matrix_table(matrix, selection)}
+    if cfg.probe.fuse:
+        weights = expert_weights(selection)
+        fused = ctx.out_dir / "fused"
+        report = fuse_checkpoints([ctx.out_dir / PROBE_DIR / name for name in weights], fused, list(weights.values()))
+        shutil.rmtree(ctx.model_out)
+        fused.rename(ctx.model_out)
+        out.update(fusion_experts=len(weights), fusion_seconds=report["seconds"],
+                   fusion_peak_rss_bytes=report["peak_rss_bytes"],
+                   param_delta_l2=param_delta(ctx.model_in, ctx.model_out)["l2"])
+    shutil.rmtree(ctx.out_dir / PROBE_DIR, ignore_errors=True)
+    return out

@@ -50,6 +50,10 @@ def stage_task(stage: str, plan: RunPlan, upstream: StageRecord | None) -> Stage
         rows = [{"benchmark": name, **{k: round(v, 4) if isinstance(v, float) else v for k, v in fig.items()}}
                 for name, fig in table.items()]
         create_table_artifact(key="eval-table", table=rows, description="avg@k / pass@k / maj@k per benchmark")
+    probe_table = record.summary.get("probe_table")
+    if probe_table:
+        create_table_artifact(key=f"{stage.replace('_', '-')}-probe-matrix", table=probe_table,
+                              description=f"{stage}: checkpoint x subdomain pass@k, and the best per subdomain")
     rollouts = record.summary.get("rollouts")
     if rollouts:
         create_table_artifact(key=f"{stage.replace('_', '-')}-rollouts", table=rollouts,

@@ -50,6 +50,10 @@ def test_whole_dag_then_every_stage_cached(s3_env, tmp_path, monkeypatch, prefec
         assert child.data.metrics, child.data.tags["stage"]
         assert child.info.status == "FINISHED"
     by_stage = {c.data.tags["stage"]: c for c in children}
+    # sft_stage1 probed its checkpoints per synthetic task and fused the best ones
+    probe = stages["sft_stage1"]["summary"]
+    assert probe["probe_checkpoints"] == 3 and probe["probe_subdomains"] == 2 and probe["fusion_experts"] >= 1
+    assert any(k.startswith("train/sft_stage1/probe/") for k in by_stage["sft_stage1"].data.metrics)
     rl_math = by_stage["rl_math"].data.metrics
     for key in ("train/rl_math/mgpo/weight_mean", "train/rl_math/pass_rate/zero", "train/rl_math/heldout/avg_at_2",
                 "train/rl_math/reward/synthetic_digits/mean", "train/rl_math/rollout/tokens_per_second", "filter/kept"):
