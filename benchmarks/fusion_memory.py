@@ -32,7 +32,8 @@ import json, sys, time
 from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
-from posttrain.merge import fuse_checkpoints, peak_rss_bytes, weight_files
+from posttrain.merge import fuse_checkpoints, peak_rss_bytes
+from posttrain.safetensors_io import weight_files
 args = json.loads(sys.argv[1])
 floor = peak_rss_bytes()
 dirs = [Path(d) for d in args["inputs"]]
@@ -69,7 +70,7 @@ def _perturbed_copy(src: Path, dst: Path, seed: int) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from posttrain.merge import INDEX_FILE, weight_files
+    from posttrain.safetensors_io import INDEX_FILE, weight_files
 
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.safetensors"))
     gen = torch.Generator().manual_seed(seed)
@@ -100,7 +101,7 @@ def main() -> None:
     ap.add_argument("--naive", action="store_true", help="also time load-everything-then-average")
     args = ap.parse_args()
 
-    from posttrain.merge import tensor_index
+    from posttrain.safetensors_io import tensor_index
 
     model = _model(args.model)
     size = sum(e.end - e.start for e in tensor_index(model).values())

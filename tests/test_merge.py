@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from posttrain.merge import (INDEX_FILE, SINGLE_FILE, fuse_checkpoints, merge_adapter, normalise_weights,
-                             weighted_sum)
+from posttrain.merge import fuse_checkpoints, merge_adapter, normalise_weights, weighted_sum
+from posttrain.safetensors_io import INDEX_FILE, SINGLE_FILE
 
 TEXTS = ["Solve 12 + 30 = 42 and 7 * 6 = 42.", "The answer is \\boxed{5}.", "def f(x):\n    return x * 2\n"] * 4
 OTHER_TEXTS = ["Quelle est la réponse ? Voilà : quarante-deux.", "Ein anderer Text, andere Wörter."] * 4

@@ -16,10 +16,8 @@ import pytest
 
 from posttrain.engines import Completion
 from posttrain.records import Choice, Record, Reference
+from posttrain.teacher import TeacherClient, TeacherError, TeacherSample
 from posttrain.sft_data import (
-    TeacherClient,
-    TeacherError,
-    TeacherSample,
     Trace,
     build_sft_traces,
     jaccard,

@@ -6,7 +6,6 @@ if-verifiable), including their quirks; comments mark the non-obvious ones.
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
@@ -169,20 +168,3 @@ def test_verifier_grades_an_ifbench_row():
     assert (verdict.score, verdict.passed) == (0.5, False)
     verdict = InstructVerifier().verify("<think>hmm 1 2</think>I looked up. 1 moon was full.", row)
     assert (verdict.score, verdict.passed) == (1.0, True)
-
-
-def test_ifbench_rows_are_all_supported(data_root):
-    rows = [
-        json.loads(line)
-        for line in (data_root / "benchmarks" / "ifbench_test.jsonl").read_text().splitlines()
-    ]
-    verifier = InstructVerifier()
-    supported = 0
-    for row in rows:
-        for completion in ["", "Sure.\n* one\n* two\nP.S. done", row["prompt"]]:
-            verdict = verifier.verify(completion, row)
-            assert verdict.details["unsupported"] == [] and verdict.details["errors"] == []
-            assert len(verdict.details["strict"]) == len(row["instruction_id_list"])
-        supported += 1
-    print(f"IFBench rows supported: {supported}/{len(rows)}")
-    assert supported == len(rows) == 300

@@ -292,21 +292,17 @@ def test_instruction_accuracies_hand_computed():
         instruction_accuracies([])
 
 
-def test_ifeval_rows_are_all_supported(data_root):
-    rows = [
-        json.loads(line)
-        for line in (data_root / "benchmarks" / "ifeval.jsonl").read_text().splitlines()
-    ]
+@pytest.mark.parametrize("name, n_rows", [("ifeval.jsonl", 541), ("ifbench_test.jsonl", 300)])
+def test_every_benchmark_row_is_supported(data_root, name, n_rows):
+    """Every IFEval and IFBench row grades without unsupported ids or checker errors."""
+    rows = [json.loads(line) for line in (data_root / "benchmarks" / name).read_text().splitlines()]
+    assert len(rows) == n_rows
     verifier = InstructVerifier()
-    supported = 0
     for row in rows:
         for completion in ["", "Sure.\n* one\n* two\nP.S. done", row["prompt"]]:
             verdict = verifier.verify(completion, row)
-            assert verdict.details["unsupported"] == [] and verdict.details["errors"] == []
+            assert verdict.details["unsupported"] == [] and verdict.details["errors"] == [], row["key"]
             assert len(verdict.details["strict"]) == len(row["instruction_id_list"])
-        supported += 1
-    print(f"IFEval rows supported: {supported}/{len(rows)}")
-    assert supported == len(rows) == 541
 
 
 _OFFLINE_SCRIPT = """
