@@ -16,7 +16,7 @@ from posttrain.context import StageContext
 from posttrain.data import load_mixture
 from posttrain.engines import SamplingParams, open_engine
 from posttrain.sft import train_sft
-from posttrain.verifiers.base import verify_all
+from posttrain.verifiers.base import verify_groups
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +29,12 @@ def collect_verified(records, groups) -> tuple[list[dict], dict]:
     """
     pairs, seen = [], set()
     report: dict[str, dict] = defaultdict(lambda: {"prompts": 0, "samples": 0, "verified": 0, "kept": 0})
-    verdicts = iter(verify_all([r.verifier for r, g in zip(records, groups) for _ in g],
-                               [c.text for g in groups for c in g],
-                               [r.verifier_reference() for r, g in zip(records, groups) for _ in g]))
-    for record, group in zip(records, groups):
+    for record, group, verdicts in zip(records, groups, verify_groups(records, groups)):
         row = report[record.domain]
         row["prompts"] += 1
-        for c in group:
+        for c, verdict in zip(group, verdicts):
             row["samples"] += 1
-            if not next(verdicts).passed:
+            if not verdict.passed:
                 continue
             row["verified"] += 1
             if (record.id, c.text.strip()) in seen:

@@ -140,7 +140,7 @@ def score_checkpoint(model_dir: Path, probe_sets: Mapping[str, Sequence[Record]]
 
     from posttrain.engines import SamplingParams, open_engine
     from posttrain.eval.metrics import pass_at_k
-    from posttrain.verifiers.base import verify_all
+    from posttrain.verifiers.base import verify_groups
 
     n = samples or k
     if k < 1 or n < k:
@@ -156,13 +156,9 @@ def score_checkpoint(model_dir: Path, probe_sets: Mapping[str, Sequence[Record]]
     finally:
         handle.close()
         gc.collect()  # the next checkpoint's engine needs the memory (vLLM's KV cache)
-    verdicts = iter(verify_all([r.verifier for r in records for _ in range(n)],
-                               [c.text for group in groups for c in group],
-                               [r.verifier_reference() for r in records for _ in range(n)]))
     per_label: dict[str, list[float]] = {label: [] for label in probe_sets}
-    for label, group in zip(labels, groups, strict=True):
-        correct = sum(bool(next(verdicts).passed) for _ in group)
-        per_label[label].append(pass_at_k(n, correct, k))
+    for label, verdicts in zip(labels, verify_groups(records, groups), strict=True):
+        per_label[label].append(pass_at_k(n, sum(bool(v.passed) for v in verdicts), k))
     return {label: sum(v) / len(v) for label, v in per_label.items()}
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from posttrain.config import BenchmarkSpec, EvalStage
 from posttrain.engines import SamplingParams, open_engine
 from posttrain.eval.metrics import summarise
-from posttrain.verifiers.base import verify_all
+from posttrain.verifiers.base import verify_groups
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +39,11 @@ def run_benchmark(engine, spec: BenchmarkSpec, sampling, data_root: str | None, 
     correct, answers, tokens = [], [], 0
     path = out_dir / "samples" / f"{spec.name}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    verdicts = iter(verify_all([r.verifier for r, g in zip(records, groups) for _ in g],
-                               [c.text for g in groups for c in g],
-                               [r.verifier_reference() for r, g in zip(records, groups) for _ in g]))
+    verdict_groups = verify_groups(records, groups)
     with path.open("w") as f:
-        for record, group in zip(records, groups):
+        for record, group, verdicts in zip(records, groups, verdict_groups):
             row_c, row_a = [], []
-            for c in group:
-                verdict = next(verdicts)
+            for c, verdict in zip(group, verdicts):
                 row_c.append(bool(verdict.passed))
                 row_a.append(_answer_key(verdict.details))
                 tokens += c.num_tokens

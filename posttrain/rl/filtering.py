@@ -16,7 +16,7 @@ from pathlib import Path
 from posttrain.config import PromptFilter
 from posttrain.engines import SamplingParams, open_engine
 from posttrain.records import Record
-from posttrain.verifiers.base import verify_all
+from posttrain.verifiers.base import verify_groups
 
 log = logging.getLogger(__name__)
 
@@ -63,19 +63,7 @@ class FilterReport:
 
 def grade_groups(records: list[Record], completions: list[list[str]]) -> list[list[float]]:
     """Verifier scores ``[n_prompts][group_size]`` of each prompt's completions (batched, in parallel)."""
-    names, texts, refs, shape = [], [], [], []
-    for record, group in zip(records, completions, strict=True):
-        reference = record.verifier_reference()
-        names += [record.verifier] * len(group)
-        texts += list(group)
-        refs += [reference] * len(group)
-        shape.append(len(group))
-    flat = [float(v.score) for v in verify_all(names, texts, refs)]
-    scores, start = [], 0
-    for n in shape:
-        scores.append(flat[start:start + n])
-        start += n
-    return scores
+    return [[float(v.score) for v in row] for row in verify_groups(records, completions)]
 
 
 def split_by_pass_rate(records: list[Record], scores: list[list[float]], group_size: int) -> tuple[list[Record], FilterReport]:

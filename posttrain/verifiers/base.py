@@ -93,3 +93,27 @@ def verify_all(names: Sequence[str], completions: Sequence[str], references: Seq
         for i, verdict in zip(rows, graded, strict=True):
             verdicts[i] = verdict
     return verdicts  # type: ignore[return-value]
+
+
+def verify_groups(records: Sequence[Any], groups: Sequence[Sequence[Any]]) -> list[list[Verdict]]:
+    """Grade each record's group of completions with its own verifier, in one :func:`verify_all` batch.
+
+    Args:
+        records: objects with ``verifier`` and ``verifier_reference()`` (``posttrain.records.Record``).
+        groups: ``[len(records)][k_i]`` completions: strings or objects with a ``text`` field.
+
+    Returns:
+        ``[len(records)][k_i]`` verdicts, in the same layout.
+    """
+    names, texts, refs, sizes = [], [], [], []
+    for record, group in zip(records, groups, strict=True):
+        reference = record.verifier_reference()
+        names += [record.verifier] * len(group)
+        texts += [c if isinstance(c, str) else c.text for c in group]
+        refs += [reference] * len(group)
+        sizes.append(len(group))
+    flat, out, start = verify_all(names, texts, refs), [], 0
+    for size in sizes:
+        out.append(flat[start:start + size])
+        start += size
+    return out
