@@ -46,6 +46,9 @@ def param_delta(before: Path, after: Path) -> dict:
     return {"l2": math.sqrt(sq), "max_abs": mx, "changed_tensors": changed, "tensors": len(ia)}
 
 
+KEPT = "kept"  # folder of RemoteCheckpoints.keep: never pruned by a newer checkpoint
+
+
 class RemoteCheckpoints:
     """Trainer checkpoints mirrored to the artifact store, so a retried or restarted stage resumes.
 
@@ -86,6 +89,24 @@ class RemoteCheckpoints:
             self.store.get_file(rel, target)
         return latest.get("phase", ""), folder
 
+    def keep(self, local: Path, kind: str) -> None:
+        """Upload a folder that must outlive later checkpoints (e.g. a probing snapshot) under
+        ``kept/<kind>/<folder name>/``; :meth:`upload` never prunes these."""
+        for path in sorted(p for p in local.rglob("*") if p.is_file()):
+            self.store.put_file(path, f"{self.prefix}/{KEPT}/{kind}/{local.name}/{path.relative_to(local).as_posix()}")
+
+    def fetch_kept(self, kind: str, local_root: Path) -> list[Path]:
+        """Download every folder kept with :meth:`keep` under ``kind`` into ``local_root``; their paths."""
+        base = f"{self.prefix}/{KEPT}/{kind}/"
+        folders = set()
+        for rel in self.store.list(base):
+            name, inner = rel.split(base, 1)[1].split("/", 1)
+            target = local_root / name / inner
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.store.get_file(rel, target)
+            folders.add(local_root / name)
+        return sorted(folders)
+
     def put_json(self, name: str, obj) -> None:
         """Keep a small JSON document beside the checkpoints (e.g. the prompt filter's decision)."""
         self.store.put_json(f"{self.prefix}/{name}", obj)
@@ -106,4 +127,5 @@ class RemoteCheckpoints:
             rest = rel.split(f"{self.prefix}/", 1)[1]
             if "/" in rest:  # folders only: latest.json and kept documents sit at the top
                 names.add(rest.split("/", 1)[0])
+        names.discard(KEPT)
         return names

@@ -60,10 +60,18 @@ DataSpec = MixtureSpec
 
 
 class TrainSpec(Strict):
-    """Optimiser and schedule shared by SFT and RL stages (units: optimiser steps, tokens)."""
+    """Optimiser and schedule shared by SFT and RL stages (units: optimiser steps, tokens).
 
-    max_steps: int = Field(default=10, ge=1)
+    The length is ``max_steps`` or ``epochs`` (passes over the stage's data), not both; giving
+    ``epochs`` alone switches ``max_steps`` off. The global batch is ``per_device_batch_size x
+    gradient_accumulation_steps x world size`` examples (3B §2.1: 128). ``min_learning_rate``
+    makes a cosine schedule end there instead of at 0 (3B: 5e-5 down to 8e-8).
+    """
+
+    max_steps: int | None = Field(default=10, ge=1)
+    epochs: float | None = Field(default=None, gt=0, description="passes over the data; instead of max_steps")
     learning_rate: float = Field(default=1e-5, gt=0)
+    min_learning_rate: float | None = Field(default=None, ge=0, description="cosine floor; None = decay to 0")
     lr_scheduler_type: str = "cosine"
     warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
     per_device_batch_size: int = Field(default=4, ge=1)
@@ -71,6 +79,25 @@ class TrainSpec(Strict):
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     logging_steps: int = Field(default=1, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _epochs_replace_steps(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("epochs") is not None and "max_steps" not in data:
+            data = {**data, "max_steps": None}
+        return data
+
+    @model_validator(mode="after")
+    def _one_length(self) -> "TrainSpec":
+        if (self.max_steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one of train.max_steps and train.epochs")
+        if self.min_learning_rate is not None:
+            if not self.lr_scheduler_type.startswith("cosine"):
+                raise ValueError(f"min_learning_rate needs a cosine schedule, not {self.lr_scheduler_type!r}")
+            if self.min_learning_rate >= self.learning_rate:
+                raise ValueError(f"min_learning_rate ({self.min_learning_rate}) must be below "
+                                 f"learning_rate ({self.learning_rate})")
+        return self
 
 
 class ProbeSpec(Strict):
@@ -97,14 +124,75 @@ class ProbeSpec(Strict):
         return self
 
 
+class LoraSpec(Strict):
+    """PEFT LoRA adapters instead of full fine-tuning; the saved model has them merged."""
+
+    r: int = Field(default=16, ge=1)
+    alpha: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    target_modules: list[str] | str = "all-linear"
+
+
+class TeacherEndpoint(Strict):
+    """One teacher: an OpenAI-compatible endpoint (``url``, e.g. a ``vllm serve`` of the teacher or a
+    provider; the API key from ``api_key_env``), or a local model sampled in-process (``url`` unset,
+    ``model`` a path, or ``input`` for the model entering the stage)."""
+
+    model: str = Field(description="served model name (with url) or a local model folder / 'input'")
+    url: str | None = Field(default=None, description="API root with version, e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str | None = Field(default=None, description="environment variable holding the API key")
+    n_per_request: int | None = Field(default=None, ge=1, description="samples per request; 1 for providers "
+                                      "that reject n > 1")
+    max_concurrency: int = Field(default=8, ge=1)
+    engine: Engine = Field(default="vllm", description="in-process engine for a local teacher")
+
+
+class TeacherSpec(Strict):
+    """SFT data construction (3B §2.1): several teacher traces per query, verified against the
+    reference or pseudo-labelled by majority vote, near-duplicates removed, provenance recorded."""
+
+    teachers: list[TeacherEndpoint] = Field(min_length=1)
+    samples_per_query: int = Field(default=4, ge=1, description="samples per query from each teacher")
+    max_per_query: int = Field(default=4, ge=1, description="diverse traces kept per query at most")
+    temperature: float = Field(default=1.0, gt=0)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    max_tokens: int = Field(default=4096, ge=1, description="tokens per sampled trace")
+    min_agreement: float = Field(default=0.5, ge=0, lt=1, description="pseudo-label: the majority answer "
+                                 "needs more than this share of the samples")
+    dedupe_jaccard: float = Field(default=0.7, gt=0, le=1, description="word 4-gram Jaccard at which two "
+                                  "traces of one query are duplicates")
+    include_reference: bool = Field(default=False, description="also train on the records' reference solutions")
+
+
+class HardSubsetSpec(Strict):
+    """Stage 2's selection (3B §2.1): traces of at least ``min_trace_tokens`` tokens, of problems a
+    reference model gets wrong in at least ``min_error_rate`` of ``n`` rollouts (evaluation engine).
+    ``min_error_rate: 0`` skips the rollouts (length filter only)."""
+
+    min_trace_tokens: int = Field(default=5000, ge=0)
+    min_error_rate: float = Field(default=0.75, ge=0, le=1)
+    n: int = Field(default=8, ge=1, description="reference-model rollouts per problem")
+    reference_model: str = Field(default="input", description="'input' (the model entering the stage) or a path")
+    engine: Engine = "vllm"
+    max_new_tokens: int = Field(default=4096, ge=1)
+    temperature: float = Field(default=1.0, gt=0)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    batch_size: int = Field(default=32, ge=1, description="prompts per generate call (hf engine)")
+
+
 class SFTStage(Strict):
-    """A supervised fine-tuning stage on reference solutions (3B §2.1)."""
+    """A supervised fine-tuning stage (3B §2.1): traces from the data's reference solutions or from
+    teachers, optionally cut to a hard subset, trained with loss on assistant tokens only."""
 
     data: list[DataSpec]
+    teacher: TeacherSpec | None = Field(default=None, description="None: train on the records' reference solutions")
+    hard_subset: HardSubsetSpec | None = None
     train: TrainSpec = Field(default_factory=TrainSpec)
     max_length: int = Field(default=512, ge=16, description="tokens per example; longer ones are truncated")
-    min_solution_tokens: int = Field(default=0, ge=0, description="hard subset: drop targets shorter than this")
     packing: bool = False
+    save_steps: int = Field(default=0, ge=0, description="checkpoint to the artifact store every N steps "
+                            "(resume after a crash); 0 = never")
+    lora: LoraSpec | None = None
     probe: ProbeSpec | None = None
 
 
@@ -118,15 +206,6 @@ class PromptFilter(Strict):
     top_p: float = Field(default=1.0, gt=0, le=1)
     max_new_tokens: int | None = Field(default=None, ge=1, description="None: the phase's max_completion_length")
     batch_size: int = Field(default=32, ge=1, description="prompts per generate call (hf engine)")
-
-
-class LoraSpec(Strict):
-    """PEFT LoRA adapters instead of full fine-tuning; the saved model has them merged."""
-
-    r: int = Field(default=16, ge=1)
-    alpha: int = Field(default=32, ge=1)
-    dropout: float = Field(default=0.0, ge=0, lt=1)
-    target_modules: list[str] | str = "all-linear"
 
 
 class EfficiencyPhase(Strict):
@@ -174,28 +253,88 @@ class SamplingSpec(Strict):
     seed: int = 0
 
 
+class DistillSelection(Strict):
+    """Which verified traces the student learns from (3B §2.3): per domain, drop short traces and
+    NLL outliers, bucket by length, keep the middle-to-high NLL band of each bucket."""
+
+    min_tokens: int = Field(default=8, ge=0, description="drop traces shorter than this (tokens)")
+    outlier_z: float = Field(default=3.0, gt=0, description="drop |NLL - mean| > outlier_z * std within a domain")
+    length_buckets: int = Field(default=3, ge=1, description="length buckets per domain (quantile edges)")
+    nll_low_quantile: float = Field(default=0.25, ge=0, le=1)
+    nll_high_quantile: float = Field(default=1.0, ge=0, le=1)
+    batch_size: int = Field(default=8, ge=1, description="traces per NLL forward pass")
+
+    @model_validator(mode="after")
+    def _band_ordered(self) -> "DistillSelection":
+        if self.nll_low_quantile > self.nll_high_quantile:
+            raise ValueError(f"nll_low_quantile ({self.nll_low_quantile}) is above nll_high_quantile "
+                             f"({self.nll_high_quantile})")
+        return self
+
+
+SPECIALIST_STAGES = ("rl_math", "rl_code", "rl_stem")
+
+
 class DistillStage(Strict):
-    """Offline self-distillation: sample the last RL policy, keep verified traces, SFT on them (3B §2.3)."""
+    """Offline self-distillation (3B §2.3): sample the RL specialists on their domains' prompts,
+    keep verified traces in the student's middle-to-high NLL band, SFT the student on them."""
 
     data: list[DataSpec]
-    samples_per_prompt: int = Field(default=4, ge=1)
+    specialists: dict[str, str] = Field(default_factory=lambda: {"math": "rl_math", "code": "rl_code",
+                                                                 "stem": "rl_stem"},
+                                        description="record domain -> the RL stage whose checkpoint samples it")
+    samples_per_prompt: int = Field(default=4, ge=1, description="k samples per prompt")
     sampling: SamplingSpec = Field(default_factory=SamplingSpec)
+    selection: DistillSelection = Field(default_factory=DistillSelection)
     train: TrainSpec = Field(default_factory=TrainSpec)
     max_length: int = 512
 
+    @model_validator(mode="after")
+    def _known_specialists(self) -> "DistillStage":
+        unknown = {d: s for d, s in self.specialists.items() if s not in SPECIALIST_STAGES}
+        if unknown:
+            raise ValueError(f"specialists {unknown}: a specialist is one of {list(SPECIALIST_STAGES)}")
+        return self
+
 
 class InstructData(Strict):
-    """Prompts from training sets with IFEval-kind constraints attached (never IFEval/IFBench prompts)."""
+    """Prompts from training sets with IFEval-kind constraints attached (never IFEval/IFBench prompts:
+    the stage refuses any base prompt sharing a normalised 10-gram with them)."""
 
     sources: list[DataSpec]
     constraints_per_prompt: int = Field(default=1, ge=1, le=3)
+    kinds: list[str] | None = Field(default=None, description="constraint ids to draw from; None = every kind "
+                                    "in posttrain.constraints.CONSTRAINTS")
+
+
+class JudgeSpec(Strict):
+    """A rubric reward from a judge model behind an OpenAI-compatible API (e.g. vLLM's server).
+
+    The judge answers ``rubric`` (with ``{prompt}`` and ``{response}`` filled in) with a score
+    0-10; the reward is ``(1 - weight) * constraint reward + weight * score / 10``.
+    """
+
+    url: str = Field(description="API root with version, e.g. http://127.0.0.1:8000/v1")
+    model: str
+    api_key_env: str | None = None
+    weight: float = Field(default=0.3, gt=0, le=1)
+    rubric: str = ("Rate how helpful, correct and complete the response is for the request, ignoring its "
+                   "formatting constraints.\n\nRequest:\n{prompt}\n\nResponse:\n{response}\n\n"
+                   "Reply with 'Score: N' where N is an integer from 0 to 10.")
+    max_tokens: int = Field(default=16, ge=1)
 
 
 class InstructRLStage(RLStage):
-    """GRPO with a reward from instruction-constraint checkers (3B §2.4)."""
+    """GRPO with a reward from instruction-constraint checkers (3B §2.4).
+
+    ``reward``: ``partial`` = the fraction of a prompt's constraints followed (strict check),
+    ``all`` = 1 only when every constraint is followed. ``judge``: an optional rubric reward.
+    """
 
     data: list[DataSpec] = Field(default_factory=list)
     prompts: InstructData
+    reward: Literal["partial", "all"] = "partial"
+    judge: JudgeSpec | None = None
 
 
 class BenchmarkSpec(Strict):
@@ -206,11 +345,49 @@ class BenchmarkSpec(Strict):
     k: int = Field(default=4, ge=1)
 
 
+class ClrSpec(Strict):
+    """CLR test-time scaling (3B §3): K trajectories, M claims each verified by the same model,
+    reliability ``r = (mean verdict)^M``, a reliability-weighted vote, repeated R times.
+    ``prompt_version`` names the two prompts; change it whenever you change them."""
+
+    k: int = Field(default=8, ge=1, description="trajectories per vote")
+    claims: int = Field(default=3, ge=1, description="M: claims extracted per trajectory")
+    repeats: int = Field(default=4, ge=1, description="R: independent votes per problem")
+    claim_temperature: float = Field(default=0.0, ge=0, description="extraction and verification sampling")
+    claim_max_new_tokens: int = Field(default=256, ge=1)
+    prompt_version: str = "clr-v1"
+    claim_prompt: str = (
+        "Here is a problem and a proposed solution.\n\nProblem:\n{problem}\n\nSolution:\n{solution}\n\n"
+        "List the {m} claims in the solution that decide its final answer, one per line as 'Claim 1: ...', "
+        "'Claim 2: ...', and so on. Then give the solution's final answer on a last line as "
+        "'Final answer: \\boxed{{...}}'.")
+    verify_prompt: str = (
+        "Problem:\n{problem}\n\nClaim:\n{claim}\n\nIs this claim correct? Check it carefully, then end "
+        "with 'Verdict: 1' if it is correct or 'Verdict: 0' if it is not.")
+
+
 class EvalStage(Strict):
-    """Evaluation: avg@k and unbiased pass@k per benchmark (design.md §1.5)."""
+    """Evaluation: avg@k and unbiased pass@k per benchmark (design.md §1.5).
+
+    ``baselines`` maps an earlier stage to benchmarks (of ``benchmarks``) also run on that
+    stage's model, as rows ``<benchmark> (<stage>)`` of the same table, e.g. ``{distill: [ifeval]}``
+    shows IFEval before instruct RL beside the final model's.
+    """
 
     benchmarks: list[BenchmarkSpec]
     sampling: SamplingSpec = Field(default_factory=SamplingSpec)
+    baselines: dict[str, list[str]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _baselines_known(self) -> "EvalStage":
+        names = {b.name for b in self.benchmarks}
+        stages = ("prepare_model", "sft_stage1", "sft_stage2", "rl_math", "rl_code", "rl_stem", "distill", "instruct_rl")
+        for stage, benchmarks in self.baselines.items():
+            if stage not in stages:
+                raise ValueError(f"baselines: {stage!r} is not a training stage ({', '.join(stages)})")
+            if set(benchmarks) - names:
+                raise ValueError(f"baselines.{stage}: {sorted(set(benchmarks) - names)} not among the benchmarks")
+        return self
 
 
 class Recipe(Strict):

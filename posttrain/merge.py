@@ -295,6 +295,45 @@ def peak_rss_bytes() -> int:
     return peak if os.uname().sysname == "Darwin" else peak * 1024
 
 
+def current_rss_bytes() -> int:
+    """This process's resident memory now, bytes (``/proc/self/statm``; 0 where unavailable)."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class RssSampler:
+    """Peak resident memory over a ``with`` block, sampled every ``interval_s`` seconds by a thread.
+
+    Unlike the process high-water mark (:func:`peak_rss_bytes`), it is not inflated by what ran
+    before the block (training, a vLLM engine), and it leaves the high-water mark untouched.
+    ``start_bytes`` and ``peak_bytes`` are set on exit.
+    """
+
+    def __init__(self, interval_s: float = 0.01):
+        self.interval_s, self.start_bytes, self.peak_bytes = interval_s, 0, 0
+
+    def __enter__(self) -> "RssSampler":
+        import threading
+
+        self.start_bytes = self.peak_bytes = current_rss_bytes()
+        self._stop = threading.Event()
+
+        def sample() -> None:
+            while not self._stop.wait(self.interval_s):
+                self.peak_bytes = max(self.peak_bytes, current_rss_bytes())
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_bytes = max(self.peak_bytes, current_rss_bytes())
+
+
 def fuse_checkpoints(model_dirs: list[Path], out_dir: Path, weights: list[float] | None = None, *,
                      base_dir: Path | None = None, shard_bytes: int = DEFAULT_SHARD_BYTES) -> dict:
     """Fuse Hugging Face checkpoints into ``out_dir``: ``merged = Σ_i w_i · M_i`` (3B §2.1, design.md §1.1).
@@ -314,7 +353,8 @@ def fuse_checkpoints(model_dirs: list[Path], out_dir: Path, weights: list[float]
     accumulator (about 16 MiB per float32 input plus 48 MiB).
 
     Returns ``{"inputs", "weights", "tensors", "identical_tensors", "parameters", "bytes",
-    "shards", "seconds", "peak_rss_bytes"}`` (``peak_rss_bytes``: the process's peak so far).
+    "shards", "seconds", "rss_start_bytes", "peak_rss_bytes"}``: resident memory when fusion
+    started and its peak during fusion (sampled every 10 ms, :class:`RssSampler`).
 
     Raises:
         ValueError: different architecture, tokenizer, tensor names/shapes/dtypes (the message
@@ -325,24 +365,26 @@ def fuse_checkpoints(model_dirs: list[Path], out_dir: Path, weights: list[float]
     model_dirs, out_dir = [Path(d) for d in model_dirs], Path(out_dir)
     weights = normalise_weights(weights, len(model_dirs))
     tmp = _staging(out_dir)
-    try:
-        inputs = []
-        for k, d in enumerate(model_dirs):
-            if is_adapter(d):
-                if base_dir is None:
-                    raise ValueError(f"{d} is a PEFT adapter: pass base_dir, the model it was trained on")
-                merge_adapter(Path(base_dir), d, tmp / "_adapters" / str(k))
-                d = tmp / "_adapters" / str(k)
-            inputs.append(d)
-        stats = _write_merged(check_compatible(inputs), weights, tmp, shard_bytes)
-        _copy_side_files(inputs[0], tmp)
-        shutil.rmtree(tmp / "_adapters", ignore_errors=True)
-        _publish(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with RssSampler() as sampler:
+        try:
+            inputs = []
+            for k, d in enumerate(model_dirs):
+                if is_adapter(d):
+                    if base_dir is None:
+                        raise ValueError(f"{d} is a PEFT adapter: pass base_dir, the model it was trained on")
+                    merge_adapter(Path(base_dir), d, tmp / "_adapters" / str(k))
+                    d = tmp / "_adapters" / str(k)
+                inputs.append(d)
+            stats = _write_merged(check_compatible(inputs), weights, tmp, shard_bytes)
+            _copy_side_files(inputs[0], tmp)
+            shutil.rmtree(tmp / "_adapters", ignore_errors=True)
+            _publish(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return {"inputs": [str(d) for d in model_dirs], "weights": weights, **stats,
-            "seconds": time.perf_counter() - start, "peak_rss_bytes": peak_rss_bytes()}
+            "seconds": time.perf_counter() - start, "rss_start_bytes": sampler.start_bytes,
+            "peak_rss_bytes": sampler.peak_bytes}
 
 
 def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path) -> dict:

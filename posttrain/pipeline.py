@@ -44,11 +44,17 @@ class StageRecord(BaseModel):
 
 @dataclass(frozen=True)
 class StageDef:
-    """``run(ctx, recipe) -> summary``; ``config(recipe)`` is what the key hashes."""
+    """``run(ctx, recipe) -> summary``; ``config(recipe)`` is what the key hashes.
+
+    ``inputs(recipe)`` names earlier stages whose models the stage reads besides its upstream
+    (distillation's RL specialists); they are fetched into ``ctx.inputs[<stage>]``. Their keys
+    are already part of this stage's key through the upstream chain.
+    """
 
     run: Callable[[StageContext, Recipe], dict]
     config: Callable[[Recipe], Any]
     needs_model: bool = True
+    inputs: Callable[[Recipe], list[str]] = lambda recipe: []
 
 
 def _prepare(ctx: StageContext, recipe: Recipe) -> dict:
@@ -78,15 +84,23 @@ def _rl(name: str) -> StageDef:
 
 
 def _instruct_rl(ctx: StageContext, recipe: Recipe) -> dict:
-    from posttrain.constraints import attach_constraints
+    """Instruct RL (3B §2.4): training prompts with constraints attached, checked against the
+    IFEval/IFBench prompts (refused on any 10-gram overlap), then the shared RL machinery."""
+    from posttrain.constraints import attach_constraints, check_decontaminated
     from posttrain.data import load_mixture
     from posttrain.rl import run_rl_stage
 
     cfg = recipe.instruct_rl
     base = load_mixture(cfg.prompts.sources, ctx.data_root, seed=ctx.seed)
-    records = attach_constraints(base, cfg.prompts.constraints_per_prompt, ctx.seed)
+    records = attach_constraints(base, cfg.prompts.constraints_per_prompt, ctx.seed, cfg.prompts.kinds)
+    decontamination = check_decontaminated(records, ctx.data_root)
+    (ctx.out_dir / "instruct_prompts.jsonl").write_text("".join(
+        json.dumps({"id": r.id, "prompt": r.prompt, "constraints": r.meta["constraints"]}) + "\n" for r in records))
     records += load_mixture(cfg.data, ctx.data_root, seed=ctx.seed) if cfg.data else []
-    return run_rl_stage(ctx, cfg, records)
+    summary = run_rl_stage(ctx, cfg, records)
+    summary.update(decontamination_checked=decontamination["checked"], reward_mode=cfg.reward,
+                   judge=cfg.judge.model if cfg.judge else "off")
+    return summary
 
 
 def _distill(ctx: StageContext, recipe: Recipe) -> dict:
@@ -96,9 +110,20 @@ def _distill(ctx: StageContext, recipe: Recipe) -> dict:
 
 
 def _evaluate(ctx: StageContext, recipe: Recipe) -> dict:
-    from posttrain.eval.run import evaluate_model
+    from posttrain.eval.run import evaluate_model, format_table
 
-    table = evaluate_model(ctx.model_in, recipe.evaluate, ctx.data_root, ctx.out_dir, ctx.seed, ctx.log_metrics)
+    cfg = recipe.evaluate
+    table = evaluate_model(ctx.model_in, cfg, ctx.data_root, ctx.out_dir, ctx.seed, ctx.log_metrics)
+    for stage, names in cfg.baselines.items():  # the same benchmarks on an earlier stage's model
+        sub = cfg.model_copy(update={"benchmarks": [b for b in cfg.benchmarks if b.name in names], "baselines": {}})
+        (ctx.out_dir / "baselines" / stage).mkdir(parents=True, exist_ok=True)
+        log_metrics = (lambda m, s=stage: ctx.log_metrics({k.replace("eval/", f"eval/{s}/", 1): v for k, v in m.items()}))
+        figures = evaluate_model(ctx.inputs[stage], sub, ctx.data_root, ctx.out_dir / "baselines" / stage, ctx.seed,
+                                 log_metrics)
+        table.update({f"{name} ({stage})": row for name, row in figures.items()})
+    if cfg.baselines:
+        (ctx.out_dir / "eval_table.json").write_text(json.dumps(table, indent=2))
+        (ctx.out_dir / "eval_table.md").write_text(format_table(table))
     return {"table": table}
 
 
@@ -109,9 +134,9 @@ STAGES: dict[str, StageDef] = {
     "rl_math": _rl("rl_math"),
     "rl_code": _rl("rl_code"),
     "rl_stem": _rl("rl_stem"),
-    "distill": StageDef(_distill, lambda r: r.distill),
+    "distill": StageDef(_distill, lambda r: r.distill, inputs=lambda r: sorted(set(r.distill.specialists.values()))),
     "instruct_rl": StageDef(_instruct_rl, lambda r: r.instruct_rl),
-    "evaluate": StageDef(_evaluate, lambda r: r.evaluate),
+    "evaluate": StageDef(_evaluate, lambda r: r.evaluate, inputs=lambda r: sorted(r.evaluate.baselines)),
 }
 
 
@@ -158,8 +183,11 @@ def cached_record(store: ArtifactStore, stage: str, key: str) -> StageRecord | N
 
 
 def run_stage(stage: str, recipe: Recipe, key: str, upstream: StageRecord | None, store: ArtifactStore,
-              parent_tracker=None, force: bool = False, data_root: str | None = None) -> StageRecord:
+              parent_tracker=None, force: bool = False, data_root: str | None = None,
+              input_keys: dict[str, str] | None = None) -> StageRecord:
     """Run ``stage`` unless its output with ``key`` is already published; return its record.
+
+    ``input_keys`` maps the extra input stages of ``STAGES[stage].inputs`` to their keys.
 
     A file lock makes a second run with the same key wait for the first and then reuse its
     output. With ``force`` the stage is recomputed and republished under the same key.
@@ -170,19 +198,38 @@ def run_stage(stage: str, recipe: Recipe, key: str, upstream: StageRecord | None
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not force and (hit := cached_record(store, stage, key)):
             return hit
-        return _compute(stage, recipe, key, upstream, store, parent_tracker, data_root, force)
+        return _compute(stage, recipe, key, upstream, store, parent_tracker, data_root, force, input_keys or {})
 
 
-def _compute(stage, recipe, key, upstream, store, parent_tracker, data_root, force=False) -> StageRecord:
+def _fetch_inputs(stage: str, recipe: Recipe, upstream: StageRecord | None, store: ArtifactStore,
+                  input_keys: dict[str, str]) -> dict[str, Path]:
+    """Local model folders of the upstream stage and of the stage's extra inputs.
+
+    Raises:
+        RuntimeError: naming an extra input stage whose output is not in the store.
+    """
+    definition = STAGES[stage]
+    inputs = {}
+    if definition.needs_model:
+        inputs["model"] = store.fetch_stage(upstream.stage, upstream.key) / "model"
+    for name in definition.inputs(recipe):
+        key = input_keys.get(name)
+        if key is None or store.stage_manifest(name, key) is None:
+            raise RuntimeError(f"{stage} reads {name}'s model, but {name}'s output (key {key}) is not in "
+                               f"{store.uri('stages')}: run the pipeline through {name} first")
+        inputs[name] = store.fetch_stage(name, key) / "model"
+    return inputs
+
+
+def _compute(stage, recipe, key, upstream, store, parent_tracker, data_root, force=False,
+             input_keys=None) -> StageRecord:
     from posttrain.tracking import flatten
 
     definition = STAGES[stage]
     work = local_cache_dir() / "work" / stage / key
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    inputs = {}
-    if definition.needs_model:
-        inputs["model"] = store.fetch_stage(upstream.stage, upstream.key) / "model"
+    inputs = _fetch_inputs(stage, recipe, upstream, store, input_keys or {})
     tracker = parent_tracker.child(stage, {"stage_key": key}) if parent_tracker else None
     cfg = definition.config(recipe)
     cfg_json = cfg.model_dump(mode="json") if isinstance(cfg, BaseModel) else cfg
@@ -216,9 +263,10 @@ def _compute(stage, recipe, key, upstream, store, parent_tracker, data_root, for
         "seconds": seconds})
     if tracker:
         for name in ("summary.json", "eval_table.md", "eval_table.json", "distill_report.json",
-                     "filter_report.json", "rollout_samples.json", "probe_report.json", "probe_heatmap.png"):
+                     "filter_report.json", "rollout_samples.json", "probe_report.json", "probe_heatmap.png",
+                     "sft_data_report.json", "hard_subset_report.json", "sft_data/manifest.json"):
             if (work / name).is_file():
-                tracker.log_artifact(work / name)
+                tracker.log_artifact(work / name, str(Path(name).parent) if "/" in name else None)
         tracker.end("FINISHED")
     checkpoints.clear()  # the output is published: its resume points are no longer needed
     shutil.rmtree(work, ignore_errors=True)

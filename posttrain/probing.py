@@ -224,14 +224,16 @@ def saved_checkpoints(out_dir: Path) -> list[Path]:
     return sorted(found, key=step_of)
 
 
-def probe_callback(out_dir: Path, every: int, tokenizer=None):
+def probe_callback(out_dir: Path, every: int, tokenizer=None, on_saved: Callable[[Path], None] | None = None):
     """A ``transformers.TrainerCallback`` saving the model every ``every`` optimiser steps (and after
     the last) to ``out_dir/probe-checkpoints/step-<N>`` (safetensors + tokenizer).
 
     It only saves, consuming no random numbers, so the training run is unchanged by it. A folder is
     written as ``step-<N>.tmp`` and renamed when complete. Only the main process saves; the model
-    must be whole on it (full fine-tuning, DDP; not ZeRO-3/FSDP-sharded, nor PEFT adapters).
-    ``tokenizer`` None: the trainer's ``processing_class``.
+    must be whole on it (full fine-tuning or DDP, not ZeRO-3/FSDP-sharded); a PEFT model saves its
+    adapter only (merge it into the base before scoring: ``posttrain.merge.merge_adapter``).
+    ``tokenizer`` None: the trainer's ``processing_class``. ``on_saved`` gets each finished folder
+    (the SFT stage keeps them in the artifact store, so a resumed run still probes them).
 
     Raises:
         ValueError: if ``every < 1``.
@@ -254,6 +256,8 @@ def probe_callback(out_dir: Path, every: int, tokenizer=None):
             save_model(model, tokenizer or processing_class, tmp)
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
+            if on_saved is not None:
+                on_saved(final)
 
     return ProbeCheckpoint()
 

@@ -101,30 +101,19 @@ def majority_vote(answers: Sequence[str | None], min_agreement: float = 0.5,
     if it is alone at the top (a tie gives no label) and holds strictly more than
     ``min_agreement`` of all samples.
     """
+    from posttrain.eval.metrics import group_answers
+
     total = len(answers)
-    distinct = list(dict.fromkeys(a for a in answers if a is not None))
-    if not distinct:
+    if all(a is None for a in answers):
         return Vote(None, 0, total, reason=f"no sample gave an answer (0 of {total})")
-    parent = list(range(len(distinct)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            i = parent[i]
-        return i
-
-    pairs = [(i, j) for i in range(len(distinct)) for j in range(i + 1, len(distinct))]
-    if equivalent and pairs:
-        for (i, j), same in zip(pairs, equivalent([(distinct[i], distinct[j]) for i, j in pairs]), strict=True):
-            if same:
-                parent[root(j)] = root(i)
-    group_of = {a: root(k) for k, a in enumerate(distinct)}
-    sizes = Counter(group_of[a] for a in answers if a is not None)
+    groups = group_answers(answers, equivalent)
+    sizes = Counter(g for g in groups if g is not None)
     ranked = sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))
     (top, votes) = ranked[0]
-    members = [i for i, a in enumerate(answers) if a is not None and group_of[a] == top]
+    members = [i for i, g in enumerate(groups) if g == top]
     label = Counter(answers[i] for i in members).most_common(1)[0][0]
     if len(ranked) > 1 and ranked[1][1] == votes:
-        other = next(a for a in answers if a is not None and group_of[a] == ranked[1][0])
+        other = next(a for a, g in zip(answers, groups) if g == ranked[1][0])
         return Vote(None, votes, total, members,
                     f"tie: {label!r} and {other!r} have {votes} of {total} votes each")
     if votes / total <= min_agreement:
@@ -344,8 +333,9 @@ def select_hard_subset(traces: Sequence[Trace], error_rates: Mapping[str, float]
 
     A trace is kept when its completion has ``>= min_trace_tokens`` tokens (``token_count_fn``) and
     its record's error rate (``error_rates[record_id]``, in [0, 1]) is ``>= min_error_rate``. With
-    ``min_error_rate <= 0`` the rate test is off and missing rates are fine; otherwise a record with
-    no measured rate is dropped. Pure: no I/O.
+    ``min_error_rate <= 0`` the rate test is off and missing rates are fine; otherwise a long
+    enough trace whose record has no measured rate is dropped (a short one is dropped as short
+    only: its problem need not be measured). Pure: no I/O.
 
     Returns:
         ``(kept traces, report)``; report ``{"min_trace_tokens", "min_error_rate", "traces",
@@ -362,9 +352,10 @@ def select_hard_subset(traces: Sequence[Trace], error_rates: Mapping[str, float]
             reasons.append(f"trace too short: {tokens} < {min_trace_tokens} tokens")
             by_reason["trace too short"] += 1
         if min_error_rate > 0 and rate is None:
-            reasons.append(f"no reference error rate for record {trace.record_id}")
-            by_reason["no reference error rate"] += 1
-        elif min_error_rate > 0 and rate < min_error_rate:  # type: ignore[operator]
+            if not reasons:  # a short trace's problem need not be measured: it is dropped as short
+                reasons.append(f"no reference error rate for record {trace.record_id}")
+                by_reason["no reference error rate"] += 1
+        elif min_error_rate > 0 and rate < min_error_rate:
             reasons.append(f"reference model solves it: error rate {rate:.2f} < {min_error_rate:.2f}")
             by_reason["reference model solves it"] += 1
         row = {"trace_id": trace.trace_id, "record_id": trace.record_id, "tokens": tokens, "error_rate": rate}

@@ -175,7 +175,17 @@ class LocalStore(ArtifactStore):
         return sorted(p.relative_to(self.base).as_posix() for p in base.rglob("*") if p.is_file())
 
     def delete(self, rel: str) -> None:
-        self._path(rel).unlink(missing_ok=True)
+        """Remove ``rel`` and the folders it leaves empty (as on S3, where folders are only prefixes)."""
+        path = self._path(rel)
+        path.unlink(missing_ok=True)
+        root = self._path("").resolve()
+        for parent in path.resolve().parents:
+            if parent == root or root not in parent.parents:
+                break
+            try:
+                parent.rmdir()
+            except OSError:  # not empty
+                break
 
     def _materialise(self, prefix: str, manifest: dict) -> Path:
         return self._path(prefix)

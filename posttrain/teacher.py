@@ -200,3 +200,37 @@ def _read_quietly(error: urllib.error.HTTPError) -> str:
         return error.read(65536).decode("utf-8", "replace")
     except (OSError, http.client.HTTPException):
         return ""
+
+
+class EngineTeacher:
+    """A local model as a teacher, sampled in-process through the engine interface (vLLM or HF
+    generate; ``posttrain.engines``), e.g. the model entering the stage on a machine with no
+    teacher endpoint. Call :meth:`close` to free the engine.
+
+    Args:
+        engine: ``vllm`` or ``hf``.
+        model_dir: a Hugging Face model folder.
+        name: the ``teacher_model`` recorded in each trace's provenance.
+        batch_size: prompts per generate call (hf engine).
+    """
+
+    host = "local"
+
+    def __init__(self, engine: str, model_dir, name: str, batch_size: int = 32):
+        from posttrain.engines import open_engine
+
+        self.model = name
+        self._engine = open_engine(engine, model_dir, batch_size=batch_size)
+
+    def sample_many(self, prompts: Sequence[Messages], n: int, *, temperature: float = 1.0, top_p: float = 0.95,
+                    max_tokens: int = 4096, seed: int | None = None,
+                    return_exceptions: bool = False) -> list[list[TeacherSample] | TeacherError]:
+        """``[len(prompts)][n]`` samples (``max_tokens`` new tokens at most each) in one engine call."""
+        from posttrain.engines import SamplingParams
+
+        params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_tokens, seed=seed or 0)
+        groups = self._engine.generate(list(prompts), params)
+        return [[TeacherSample(c.text, c.finish_reason, i, seed) for i, c in enumerate(g)] for g in groups]
+
+    def close(self) -> None:
+        self._engine.close()

@@ -18,11 +18,21 @@ def _on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
+def _schedule(train: TrainSpec) -> dict:
+    """Length and LR schedule: ``max_steps`` or ``num_train_epochs``; a cosine with a floor becomes
+    transformers' ``cosine_with_min_lr`` with ``min_lr``."""
+    out = dict(max_steps=train.max_steps if train.max_steps is not None else -1,
+               num_train_epochs=train.epochs if train.epochs is not None else 1.0,
+               learning_rate=train.learning_rate, lr_scheduler_type=train.lr_scheduler_type)
+    if train.min_learning_rate is not None:
+        out.update(lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr": train.min_learning_rate})
+    return out
+
+
 def _common(train: TrainSpec, output_dir: Path, seed: int) -> dict:
     gpu = _on_gpu()
     return dict(
-        output_dir=str(output_dir), max_steps=train.max_steps, learning_rate=train.learning_rate,
-        lr_scheduler_type=train.lr_scheduler_type, warmup_steps=train.warmup_ratio,
+        output_dir=str(output_dir), **_schedule(train), warmup_steps=train.warmup_ratio,
         per_device_train_batch_size=train.per_device_batch_size,
         gradient_accumulation_steps=train.gradient_accumulation_steps, weight_decay=train.weight_decay,
         max_grad_norm=train.max_grad_norm, logging_steps=train.logging_steps, seed=seed, data_seed=seed,
@@ -31,16 +41,25 @@ def _common(train: TrainSpec, output_dir: Path, seed: int) -> dict:
     )
 
 
-def sft_config(train: TrainSpec, output_dir: Path, seed: int, max_length: int, packing: bool):
-    """``trl.SFTConfig`` for a stage; loss on completion (assistant) tokens only."""
+def sft_config(train: TrainSpec, output_dir: Path, seed: int, max_length: int, packing: bool, save_steps: int = 0):
+    """``trl.SFTConfig`` for a stage; loss on completion (assistant) tokens only.
+
+    ``packing``: TRL's best-fit-decreasing packing into rows of ``max_length`` tokens, with
+    position ids restarting per example (padding-free; no attention across examples where the
+    attention implementation supports it). ``save_steps``: trainer checkpoints (with optimizer,
+    scheduler, RNG and data position) every N steps into ``output_dir``, the newest one kept.
+    """
     from trl import SFTConfig
 
-    return SFTConfig(**_common(train, output_dir, seed), max_length=max_length, packing=packing,
-                     completion_only_loss=True, dataset_num_proc=None)
+    extra = dict(save_strategy="steps", save_steps=save_steps, save_total_limit=1) if save_steps else {}
+    common = _common(train, output_dir, seed)
+    common.update(extra)
+    return SFTConfig(**common, max_length=max_length, packing=packing, completion_only_loss=True,
+                     dataset_num_proc=None)
 
 
 def grpo_config(stage: RLStage, output_dir: Path, seed: int, use_vllm: bool, train: TrainSpec | None = None,
-                max_completion_length: int | None = None):
+                max_completion_length: int | None = None, reward_weights: list[float] | None = None):
     """``trl.GRPOConfig`` for an RL phase (or its sub-phase, with its own ``train`` and length).
 
     On-policy: one optimiser step per rollout batch (TRL's ``num_iterations=1``); with vLLM
@@ -64,7 +83,8 @@ def grpo_config(stage: RLStage, output_dir: Path, seed: int, use_vllm: bool, tra
     common.update(extra)
     return GRPOConfig(**common, num_generations=stage.group_size, num_iterations=1,
                       max_completion_length=max_completion_length or stage.max_completion_length,
-                      temperature=stage.temperature, top_p=stage.top_p, beta=stage.kl_coef)
+                      temperature=stage.temperature, top_p=stage.top_p, beta=stage.kl_coef,
+                      reward_weights=reward_weights)
 
 
 def lora_config(spec: LoraSpec | None):

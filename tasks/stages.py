@@ -42,7 +42,7 @@ def stage_task(stage: str, plan: RunPlan, upstream: StageRecord | None) -> Stage
 
     tracker = Tracker(plan.tracking_run_id) if plan.tracking_run_id else None
     record = run_stage(stage, plan.recipe, plan.stage_keys[stage], upstream, plan.store(), tracker,
-                       force=stage in plan.force, data_root=plan.data_root)
+                       force=stage in plan.force, data_root=plan.data_root, input_keys=plan.stage_keys)
     create_markdown_artifact(key=f"{stage.replace('_', '-')}-summary", markdown=_summary_markdown(record),
                              description=f"{stage} output and summary")
     table = record.summary.get("table")
@@ -54,6 +54,14 @@ def stage_task(stage: str, plan: RunPlan, upstream: StageRecord | None) -> Stage
     if probe_table:
         create_table_artifact(key=f"{stage.replace('_', '-')}-probe-matrix", table=probe_table,
                               description=f"{stage}: checkpoint x subdomain pass@k, and the best per subdomain")
+    distill = record.summary.get("distill_table")
+    if distill:
+        create_table_artifact(key="distill-selection", table=distill,
+                              description="distill: traces sampled, verified, and kept per domain and length bucket")
+    selection = record.summary.get("selection_table")
+    if selection:
+        create_table_artifact(key=f"{stage.replace('_', '-')}-hard-subset", table=selection,
+                              description=f"{stage}: traces kept and dropped per domain by the hard-subset selection")
     rollouts = record.summary.get("rollouts")
     if rollouts:
         create_table_artifact(key=f"{stage.replace('_', '-')}-rollouts", table=rollouts,

@@ -49,6 +49,22 @@ def tiny_model(tmp_path_factory, data_root) -> Path:
 
 
 @pytest.fixture(scope="session")
+def policy(tiny_model, data_root, tmp_path_factory) -> Path:
+    """The tiny model after a short SFT on the synthetic task (as in recipes/smoke.yaml), so its
+    sampled answers are partly right and a graded reward varies within a group."""
+    from posttrain.config import TrainSpec
+    from posttrain.data import load_mixture
+    from posttrain.sft import sft_pairs, train_sft
+
+    records = load_mixture([{"source": "synthetic_digits", "limit": 64}, {"source": "synthetic_digits_1", "limit": 32}],
+                           str(data_root), seed=1)
+    out = tmp_path_factory.mktemp("policy") / "model"
+    train = TrainSpec(max_steps=30, learning_rate=1e-2, per_device_batch_size=8, lr_scheduler_type="constant")
+    train_sft(sft_pairs(records), tiny_model, out, train, max_length=128, packing=False, seed=0, callbacks=[])
+    return out
+
+
+@pytest.fixture(scope="session")
 def s3_server():
     """moto's standalone S3-compatible server on a free loopback port, in its own process; yields its URL.
 

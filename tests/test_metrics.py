@@ -47,3 +47,22 @@ def test_summarise_keys():
     assert out["pass_at_1"] == pytest.approx(0.25)
     assert pass_k_values(8) == [1, 2, 4, 8]
     assert pass_k_values(6) == [1, 2, 4, 6]
+
+
+def test_instruction_benchmark_reports_ifeval_accuracies(data_root, tmp_path):
+    """IFEval rows carry IFEval's four accuracies; prompt-level strict accuracy is avg@k."""
+    from posttrain.config import BenchmarkSpec, SamplingSpec
+    from posttrain.engines import Completion
+    from posttrain.eval.run import format_table, run_benchmark
+
+    class Echo:  # a stand-in engine: answers every prompt with the same two responses
+        def generate(self, prompts, params):
+            return [[Completion("all lowercase, no title.", 5, "stop"), Completion("SHOUTING ONLY", 2, "stop")]
+                    for _ in prompts]
+
+    figures = run_benchmark(Echo(), BenchmarkSpec(name="ifeval", limit=6, k=2), SamplingSpec(), str(data_root),
+                            tmp_path, seed=0)
+    assert figures["prompt_strict"] == pytest.approx(figures["avg_at_2"])
+    assert 0 <= figures["instruction_strict"] <= figures["instruction_loose"] <= 1
+    table = format_table({"ifeval": figures})
+    assert "instruction strict" in table and f"{figures['instruction_strict']:.3f}" in table

@@ -54,6 +54,15 @@ def test_whole_dag_then_every_stage_cached(s3_env, tmp_path, monkeypatch, prefec
     probe = stages["sft_stage1"]["summary"]
     assert probe["probe_checkpoints"] == 3 and probe["probe_subdomains"] == 2 and probe["fusion_experts"] >= 1
     assert any(k.startswith("train/sft_stage1/probe/") for k in by_stage["sft_stage1"].data.metrics)
+    # the SFT stages published their datasets with manifests, the teacher and hard-subset reports
+    for name, extra in (("sft_stage1", "sft_data_report.json"), ("sft_stage2", "hard_subset_report.json")):
+        folder = f"pipeline/stages/{name}/{stages[name]['key']}"
+        for rel in ("sft_data/traces.jsonl", "sft_data/manifest.json", extra):
+            s3.head_object(Bucket=bucket, Key=f"{folder}/{rel}")
+        artifacts_logged = {a.path for a in client.list_artifacts(by_stage[name].info.run_id)}
+        assert extra in artifacts_logged and "sft_data" in artifacts_logged, artifacts_logged
+    assert stages["sft_stage1"]["summary"]["teacher_samples"] > 0
+    assert stages["sft_stage2"]["summary"]["hard_kept"] + stages["sft_stage2"]["summary"]["hard_dropped"] > 0
     rl_math = by_stage["rl_math"].data.metrics
     for key in ("train/rl_math/mgpo/weight_mean", "train/rl_math/pass_rate/zero", "train/rl_math/heldout/avg_at_2",
                 "train/rl_math/reward/synthetic_digits/mean", "train/rl_math/rollout/tokens_per_second", "filter/kept"):
@@ -81,7 +90,15 @@ def test_whole_dag_then_every_stage_cached(s3_env, tmp_path, monkeypatch, prefec
 
     # the eval table is in the store
     table = store.get_json(f"stages/evaluate/{stages['evaluate']['key']}/eval_table.json")
-    assert set(table) == {"synthetic_digits", "aime2025", "math500", "humaneval", "ifeval"}
+    assert set(table) == {"synthetic_digits", "aime2025", "math500", "humaneval", "ifeval", "ifeval (distill)"}
+    # IFEval before instruct RL (on distill's model) sits beside the final model's, in MLflow too
+    assert set(table["ifeval (distill)"]) == set(table["ifeval"])
+    assert "eval/distill/ifeval/avg_at_2" in by_stage["evaluate"].data.metrics
+    # distillation sampled its specialists and reported its selection; instruct prompts were checked
+    distill = stages["distill"]["summary"]
+    assert distill["verified"] > 0 and 0 < distill["kept"] <= distill["verified"] and distill["distill_table"]
+    assert "distill_report.json" in {a.path for a in client.list_artifacts(by_stage["distill"].info.run_id)}
+    assert stages["instruct_rl"]["summary"]["decontamination_checked"] == 4
 
     second = post_training("recipes/smoke.yaml", artifacts=artifacts)
     assert all(r["cached"] for r in second["stages"].values()), {k: r["cached"] for k, r in second["stages"].items()}

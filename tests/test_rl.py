@@ -15,22 +15,9 @@ from posttrain.records import Record
 from posttrain.rl.filtering import filter_prompts, split_by_pass_rate
 from posttrain.storage import LocalStore
 
+from faults import Killed, KillAfter
+
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def policy(tiny_model, data_root, tmp_path_factory):
-    """The tiny model after a short SFT on the synthetic task (as in recipes/smoke.yaml), so its
-    sampled answers are partly right and the graded reward varies within a group."""
-    from posttrain.config import TrainSpec
-    from posttrain.sft import sft_pairs, train_sft
-
-    records = load_mixture([{"source": "synthetic_digits", "limit": 64}, {"source": "synthetic_digits_1", "limit": 32}],
-                           str(data_root), seed=1)
-    out = tmp_path_factory.mktemp("policy") / "model"
-    train = TrainSpec(max_steps=30, learning_rate=1e-2, per_device_batch_size=8, lr_scheduler_type="constant")
-    train_sft(sft_pairs(records), tiny_model, out, train, max_length=128, packing=False, seed=0, callbacks=[])
-    return out
 
 
 def _records(data_root, n=8) -> list[Record]:
@@ -107,23 +94,6 @@ def test_filter_prompts_samples_the_checkpoint(policy, data_root):
     assert sum(report.histogram.values()) == 8 and report.tokens > 0
 
 
-class _Killed(RuntimeError):
-    pass
-
-
-class _KillAfter(RemoteCheckpoints):
-    """Mirrors checkpoints like the real thing, then 'crashes' once step ``kill_at`` is stored."""
-
-    def __init__(self, store, prefix, kill_at):
-        super().__init__(store, prefix)
-        self.kill_at = kill_at
-
-    def upload(self, local, phase=""):
-        super().upload(local, phase)
-        if local.name == f"checkpoint-{self.kill_at}":
-            raise _Killed(local.name)
-
-
 def _spy_prompts(monkeypatch) -> list[list[str]]:
     """Record the prompt ids of each rollout batch the reward function sees (the data position)."""
     import posttrain.rewards
@@ -159,8 +129,8 @@ def test_resume_continues_step_counter_and_data_position(policy, data_root, tmp_
     assert whole["steps"] == 4 and len(uninterrupted) == 4
 
     seen.clear()
-    killer = _KillAfter(store, "killed", kill_at=2)
-    with pytest.raises(_Killed):
+    killer = KillAfter(store, "killed", kill_at=2)
+    with pytest.raises(Killed):
         run_rl_stage(_context(tmp_path, "first", policy, killer, data_root), cfg)
     assert seen == uninterrupted[:2]
     assert json.loads((tmp_path / "store" / "killed" / "checkpoints" / "latest.json").read_text())["name"] == \

@@ -72,6 +72,11 @@ def test_select_hard_subset_reasons():
     assert report["kept"][0] == {"trace_id": "hard/t/0", "record_id": "hard", "tokens": 10, "error_rate": 1.0}
 
 
+def test_select_hard_subset_short_trace_needs_no_rate():
+    kept, report = select_hard_subset([trace("a", 2)], {}, 5, 0.75, lambda t: len(t.split()))
+    assert kept == [] and report["dropped"][0]["reasons"] == ["trace too short: 2 < 5 tokens"]
+
+
 def test_select_hard_subset_rate_filter_off():
     kept, report = select_hard_subset([trace("a", 4), trace("b", 1)], {}, 2, 0.0, lambda t: len(t.split()))
     assert [t.record_id for t in kept] == ["a"]

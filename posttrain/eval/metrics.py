@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Hashable, Sequence
+from typing import Callable, Hashable, Sequence
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -69,3 +69,31 @@ def summarise(correct: Sequence[Sequence[bool]], answers: Sequence[Sequence[Hash
     if answers is not None:
         out[f"maj_at_{k}"] = sum(majority_correct(a, c) for a, c in zip(answers, correct)) / len(correct)
     return out
+
+
+Equivalent = Callable[[list[tuple[str, str]]], list[bool]]
+
+
+def group_answers(answers: Sequence[str | None], equivalent: Equivalent | None = None) -> list[int | None]:
+    """A group id per answer (None for a missing answer): equivalent answers share an id.
+
+    Distinct answers are compared pairwise in one batched ``equivalent`` call (``(a, b) -> same?``;
+    default string equality) and joined transitively. Group ids are the index of the group's
+    first distinct answer, so they follow first appearance.
+    """
+    distinct = list(dict.fromkeys(a for a in answers if a is not None))
+    parent = list(range(len(distinct)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    pairs = [(i, j) for i in range(len(distinct)) for j in range(i + 1, len(distinct))]
+    if equivalent and pairs:
+        for (i, j), same in zip(pairs, equivalent([(distinct[i], distinct[j]) for i, j in pairs]), strict=True):
+            if same:
+                a, b = root(i), root(j)
+                parent[max(a, b)] = min(a, b)
+    position = {a: k for k, a in enumerate(distinct)}
+    return [None if a is None else root(position[a]) for a in answers]

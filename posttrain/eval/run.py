@@ -15,7 +15,9 @@ from posttrain.verifiers.base import verify_groups
 log = logging.getLogger(__name__)
 
 
-def _answer_key(details: dict):
+def answer_key(details: dict) -> str | None:
+    """The answer a verdict parsed (``extracted``, ``answer`` or ``chosen`` of its details), as a
+    string; None when it found none. What maj@k and CLR vote on."""
     for field in ("extracted", "answer", "chosen"):
         if details.get(field) is not None:
             return str(details[field])
@@ -45,7 +47,7 @@ def run_benchmark(engine, spec: BenchmarkSpec, sampling, data_root: str | None, 
             row_c, row_a = [], []
             for c, verdict in zip(group, verdicts):
                 row_c.append(bool(verdict.passed))
-                row_a.append(_answer_key(verdict.details))
+                row_a.append(answer_key(verdict.details))
                 tokens += c.num_tokens
                 f.write(json.dumps({"id": record.id, "prompt": record.prompt, "completion": c.text,
                                     "answer": row_a[-1], "score": verdict.score, "passed": verdict.passed,
@@ -53,6 +55,11 @@ def run_benchmark(engine, spec: BenchmarkSpec, sampling, data_root: str | None, 
             correct.append(row_c)
             answers.append(row_a)
     figures = summarise(correct, answers)
+    if records and all(r.verifier == "instruct" for r in records):
+        from posttrain.verifiers.instruct import instruction_accuracies
+
+        # IFEval's four accuracies over every sampled response (prompt_strict equals avg@k)
+        figures.update(instruction_accuracies([v for group in verdict_groups for v in group]))
     figures.update(seconds=time.monotonic() - start, tokens=tokens, k=spec.k)
     return figures
 
@@ -81,11 +88,15 @@ def evaluate_model(model_dir: Path, cfg: EvalStage, data_root: str | None, out_d
 
 
 def format_table(table: dict[str, dict]) -> str:
-    """A markdown table: benchmark, problems, k, avg@k ± stderr, pass@k, maj@k."""
-    lines = ["| benchmark | problems | k | avg@k | ± stderr | pass@k | maj@k |", "|---|---|---|---|---|---|---|"]
+    """A markdown table: benchmark, problems, k, avg@k ± stderr, pass@k, maj@k, and IFEval's
+    instruction-level strict accuracy for instruction benchmarks (their prompt-level strict
+    accuracy is avg@k)."""
+    lines = ["| benchmark | problems | k | avg@k | ± stderr | pass@k | maj@k | instruction strict |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, f in table.items():
         k = f["k"]
-        maj = f.get(f"maj_at_{k}")
+        maj, inst = f.get(f"maj_at_{k}"), f.get("instruction_strict")
         lines.append(f"| {name} | {f['problems']} | {k} | {f[f'avg_at_{k}']:.3f} | {f['stderr']:.3f} | "
-                     f"{f[f'pass_at_{k}']:.3f} | {'-' if maj is None else f'{maj:.3f}'} |")
+                     f"{f[f'pass_at_{k}']:.3f} | {'-' if maj is None else f'{maj:.3f}'} | "
+                     f"{'-' if inst is None else f'{inst:.3f}'} |")
     return "\n".join(lines) + "\n"

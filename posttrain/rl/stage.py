@@ -26,11 +26,24 @@ FILTER_REPORT = "filter_report.json"
 ROLLOUTS = "rollout_samples.json"
 
 
-def rl_rows(records: list[Record]) -> list[dict]:
+def rl_rows(records: list[Record], reward_mode: str = "partial") -> list[dict]:
     """Dataset rows for GRPO: a chat prompt plus the columns the reward function reads."""
-    return [{"prompt": r.chat(),
-             "reference": json.dumps(r.verifier_reference()), "verifier": r.verifier, "id": r.id}
-            for r in records]
+    return [{"prompt": r.chat(), "reference": json.dumps(r.verifier_reference()), "verifier": r.verifier,
+             "id": r.id, "reward_mode": reward_mode} for r in records]
+
+
+def reward_functions(cfg: RLStage) -> tuple[list, list[float] | None]:
+    """The phase's TRL reward functions and their weights: the verifier reward, plus the judge's
+    rubric reward when an instruct phase configures one (weights ``1 - w`` and ``w``)."""
+    from posttrain.rewards import judge_reward, verifier_reward
+
+    judge = getattr(cfg, "judge", None)
+    if judge is None:
+        return [verifier_reward], None
+    from posttrain.teacher import TeacherClient
+
+    client = TeacherClient(judge.url, judge.model, api_key_env=judge.api_key_env)
+    return [verifier_reward, judge_reward(client, judge.rubric, judge.max_tokens)], [1 - judge.weight, judge.weight]
 
 
 def _rollout_engine(requested: str) -> bool:
@@ -91,7 +104,6 @@ def train_phase(records: list[Record], cfg: RLStage, phase: Phase, model_dir: Pa
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from posttrain.rewards import verifier_reward
     from posttrain.rl.monitor import checkpoint_upload_callback, heldout_eval_callback
     from posttrain.rl.trainer import MGPOTrainer
     from posttrain.trl_args import grpo_config, lora_config
@@ -99,8 +111,9 @@ def train_phase(records: list[Record], cfg: RLStage, phase: Phase, model_dir: Pa
     records = fill_one_batch(records, phase.train, cfg.group_size)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    funcs, weights = reward_functions(cfg)
     args = grpo_config(cfg, out_dir / "checkpoints", seed, _rollout_engine(cfg.rollout_engine),
-                       train=phase.train, max_completion_length=phase.max_completion_length)
+                       train=phase.train, max_completion_length=phase.max_completion_length, reward_weights=weights)
     callbacks = list(hooks.callbacks)
     if hooks.upload is not None and cfg.save_steps:
         callbacks.append(checkpoint_upload_callback(lambda folder: hooks.upload(folder, phase.name)))
@@ -108,8 +121,9 @@ def train_phase(records: list[Record], cfg: RLStage, phase: Phase, model_dir: Pa
         callbacks.append(heldout_eval_callback(
             hooks.heldout, tokenizer, cfg.eval_every, cfg.eval_samples, phase.max_completion_length,
             cfg.temperature, cfg.top_p, seed, hooks.log_metrics, hooks.rollouts_path, cfg.sample_rollouts))
-    trainer = MGPOTrainer(model=model, reward_funcs=[verifier_reward], args=args,
-                          train_dataset=Dataset.from_list(rl_rows(records)), processing_class=tokenizer,
+    trainer = MGPOTrainer(model=model, reward_funcs=funcs, args=args,
+                          train_dataset=Dataset.from_list(rl_rows(records, getattr(cfg, "reward", "partial"))),
+                          processing_class=tokenizer,
                           callbacks=callbacks, peft_config=lora_config(cfg.lora),
                           mgpo_lambda=cfg.mgpo_lambda, long2short=phase.long2short)
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
