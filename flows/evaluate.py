@@ -6,17 +6,19 @@ import uuid
 
 from prefect import flow
 
-from posttrain.config import BenchmarkSpec, SamplingSpec
-from tasks.evaluation import benchmark_task, report_task
+from posttrain.config import BenchmarkSpec, ClrSpec, SamplingSpec
+from tasks.evaluation import benchmark_task, clr_task, report_task
 
 
 @flow(name="evaluate", log_prints=True)
 def evaluate(model: str, benchmarks: list[str], k: int = 4, limit: int | None = None,
              sampling: SamplingSpec | None = None, data_root: str | None = None, artifacts: str | None = None,
-             experiment: str = "posttrain-eval") -> dict:
-    """Evaluate the checkpoint folder ``model`` on ``benchmarks`` with ``k`` samples per problem.
+             experiment: str = "posttrain-eval", clr_benchmarks: list[str] | None = None,
+             clr: ClrSpec | None = None) -> dict:
+    """Evaluate the checkpoint folder ``model`` on ``benchmarks`` with ``k`` samples per problem,
+    and run CLR (``clr``, default settings when only ``clr_benchmarks`` is given) on ``clr_benchmarks``.
 
-    Returns ``{"table": {benchmark: figures}, "markdown": str, "run_id": str}``.
+    Returns ``{"table": {benchmark: figures}, "clr": {benchmark: figures}, "markdown": str, "run_id": str}``.
     """
     from posttrain.data import resolve_data_root
     from posttrain.storage import default_root
@@ -31,6 +33,11 @@ def evaluate(model: str, benchmarks: list[str], k: int = 4, limit: int | None = 
         spec = BenchmarkSpec(name=name, k=k, limit=limit)
         table[name] = benchmark_task.with_options(task_run_name=f"eval-{name}")(
             model, spec, sampling, resolve_data_root(data_root), artifacts, run_id)
-    markdown = report_task(table, artifacts, run_id, tracker.run_id)
+    clr_table = {}
+    for name in clr_benchmarks or []:
+        clr_table[name] = clr_task.with_options(task_run_name=f"clr-{name}")(
+            model, BenchmarkSpec(name=name, limit=limit), clr or ClrSpec(), sampling, resolve_data_root(data_root),
+            artifacts, run_id)
+    markdown = report_task(table, artifacts, run_id, tracker.run_id, clr_table or None)
     tracker.end("FINISHED")
-    return {"table": table, "markdown": markdown, "run_id": run_id, "mlflow_run_id": tracker.run_id}
+    return {"table": table, "clr": clr_table, "markdown": markdown, "run_id": run_id, "mlflow_run_id": tracker.run_id}

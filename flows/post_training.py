@@ -6,7 +6,7 @@ from prefect import flow, get_run_logger
 
 from posttrain.config import load_recipe
 from posttrain.plan import make_plan
-from tasks.stages import for_stage, record_run, resolve_upstream
+from tasks.stages import decontamination_task, for_stage, record_run, resolve_upstream
 
 
 @flow(name="post-training", log_prints=True)
@@ -18,6 +18,7 @@ def post_training(recipe_path: str = "recipes/tiny-cpu.yaml", overrides: list[st
     ``start_model`` (a checkpoint folder) replaces the model the first selected stage starts from.
     Returns ``{run, mlflow_run_id, stages: {stage: record}}``.
     """
+    from posttrain.pipeline import TRAINING_STAGES
     from posttrain.plan import PIPELINE, import_model
     from posttrain.tracking import Tracker
 
@@ -37,6 +38,8 @@ def post_training(recipe_path: str = "recipes/tiny-cpu.yaml", overrides: list[st
     records = []
     upstream = resolve_upstream(plan, plan.stages[0])
     try:
+        if recipe.decontamination.action != "skip" and any(s in TRAINING_STAGES for s in plan.stages):
+            decontamination_task(plan)
         for stage in plan.stages:
             state = for_stage(stage, plan)(stage, plan, upstream, return_state=True)
             record = state.result()

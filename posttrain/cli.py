@@ -90,14 +90,28 @@ def eval_(
     limit: Optional[int] = typer.Option(None, "--limit", help="problems per benchmark"),
     engine: str = typer.Option("hf", "--engine", help="hf or vllm"),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
+    clr: Optional[list[str]] = typer.Option(None, "--clr", help="benchmarks to run CLR test-time scaling on"),
+    clr_k: int = typer.Option(8, "--clr-k", help="CLR: trajectories per vote (K)"),
+    clr_claims: int = typer.Option(3, "--clr-claims", help="CLR: claims per trajectory (M)"),
+    clr_repeats: int = typer.Option(4, "--clr-repeats", help="CLR: votes per problem (R)"),
 ) -> None:
-    """Evaluate any checkpoint: avg@k, pass@k, maj@k per benchmark."""
+    """Evaluate any checkpoint: avg@k, pass@k, maj@k per benchmark; optionally CLR."""
     from flows.evaluate import evaluate
-    from posttrain.config import SamplingSpec
+    from posttrain.config import ClrSpec, SamplingSpec
 
+    spec = ClrSpec(k=clr_k, claims=clr_claims, repeats=clr_repeats)
     with console.status("evaluating"):
-        result = evaluate(model, _split(benchmarks), k, limit, SamplingSpec(engine=engine, max_new_tokens=max_new_tokens))
+        result = evaluate(model, _split(benchmarks), k, limit, SamplingSpec(engine=engine, max_new_tokens=max_new_tokens),
+                          clr_benchmarks=_split(clr), clr=spec)
     _print_table(result["table"], f"Evaluation of {model}")
+    if result["clr"]:
+        t = Table(title=f"CLR (K={spec.k}, M={spec.claims}, R={spec.repeats}, {spec.prompt_version})")
+        for col in ("benchmark", "problems", "pass@1", "majority pass@1", "CLR pass@1", "claims/trajectory"):
+            t.add_column(col)
+        for name, f in result["clr"].items():
+            t.add_row(name, str(f["problems"]), f"{f['pass_at_1']:.3f}", f"{f['majority_pass_at_1']:.3f}",
+                      f"{f['clr_pass_at_1']:.3f}", f"{f['claims_per_trajectory']:.2f}")
+        console.print(t)
 
 
 @app.command()

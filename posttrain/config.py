@@ -390,6 +390,20 @@ class EvalStage(Strict):
         return self
 
 
+class DecontamSpec(Strict):
+    """Training items that overlap a benchmark (design.md §1.6; ``posttrain.eval.decontam``):
+    distinctive word ``ngram`` overlap of at least ``threshold``, n-grams found in
+    ``template_min_docs`` or more documents ignored as template phrases. ``action``: ``drop``
+    the items (reported), ``fail`` the run before any compute, or ``skip`` the check."""
+
+    action: Literal["drop", "fail", "skip"] = "drop"
+    benchmarks: list[str] | None = Field(default=None, description="None: every registered evaluation source")
+    ngram: int = Field(default=10, ge=3)
+    threshold: float = Field(default=0.5, gt=0, le=1)
+    template_min_docs: int = Field(default=20, ge=2)
+    min_ngrams: int = Field(default=3, ge=1, description="shorter benchmark items are not scored")
+
+
 class Recipe(Strict):
     """The whole pipeline's configuration. Stage order lives in ``flows/post_training.py``."""
 
@@ -406,6 +420,7 @@ class Recipe(Strict):
     distill: DistillStage
     instruct_rl: InstructRLStage
     evaluate: EvalStage
+    decontamination: DecontamSpec = Field(default_factory=DecontamSpec)
 
 
 class RecipeError(ValueError):
@@ -416,7 +431,9 @@ def _set_dotted(tree: dict, dotted: str, value: Any, path: str) -> None:
     keys = dotted.split(".")
     node = tree
     for k in keys[:-1]:
-        if not isinstance(node.get(k), dict):
+        if k not in node or node[k] is None:  # a section left to its defaults in the file
+            node[k] = {}
+        if not isinstance(node[k], dict):
             raise RecipeError(f"{path}: --set {dotted}: {k!r} is not a section of the recipe")
         node = node[k]
     node[keys[-1]] = value

@@ -26,6 +26,7 @@ class StageContext:
     tracker: Any = None
     data_root: str | None = None
     checkpoints: Any = None  # posttrain.checkpoints.RemoteCheckpoints: resume points in the store
+    exclude_ids: frozenset[str] = frozenset()  # training records that overlap a benchmark (decontamination)
 
     @property
     def seed(self) -> int:
@@ -40,6 +41,21 @@ class StageContext:
     def model_out(self) -> Path:
         """Where a stage writes the model it produces."""
         return self.out_dir / "model"
+
+    def load(self, specs) -> list:
+        """The stage's training records: ``load_mixture(specs)`` without the decontaminated ids."""
+        from posttrain.data import load_mixture
+
+        records = load_mixture(specs, self.data_root, seed=self.seed)
+        if self.exclude_ids:
+            kept = [r for r in records if r.id not in self.exclude_ids]
+            if len(kept) < len(records):
+                import logging
+
+                logging.getLogger(__name__).info("%s: %d records dropped by decontamination", self.stage,
+                                                 len(records) - len(kept))
+            records = kept
+        return records
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         if self.tracker is not None:

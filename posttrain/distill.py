@@ -23,7 +23,6 @@ from typing import Sequence
 
 from posttrain.config import DistillSelection, DistillStage
 from posttrain.context import StageContext
-from posttrain.data import load_mixture
 from posttrain.engines import SamplingParams, open_engine
 from posttrain.records import Record
 from posttrain.sft import train_sft
@@ -240,7 +239,7 @@ def run_distill_stage(ctx: StageContext, cfg: DistillStage) -> dict:
     ``traces.jsonl`` (the kept traces with tokens, NLL and specialist). When nothing is kept the
     student passes through unchanged: a result, not an error.
     """
-    records = load_mixture(cfg.data, ctx.data_root, seed=ctx.seed)
+    records = ctx.load(cfg.data)
     specialists = {domain: ctx.inputs.get(stage, ctx.model_in) for domain, stage in cfg.specialists.items()}
     groups = sample_specialists(records, specialists, cfg, ctx.seed)
     candidates, counts = collect_verified(records, groups)

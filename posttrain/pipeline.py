@@ -87,16 +87,15 @@ def _instruct_rl(ctx: StageContext, recipe: Recipe) -> dict:
     """Instruct RL (3B §2.4): training prompts with constraints attached, checked against the
     IFEval/IFBench prompts (refused on any 10-gram overlap), then the shared RL machinery."""
     from posttrain.constraints import attach_constraints, check_decontaminated
-    from posttrain.data import load_mixture
     from posttrain.rl import run_rl_stage
 
     cfg = recipe.instruct_rl
-    base = load_mixture(cfg.prompts.sources, ctx.data_root, seed=ctx.seed)
+    base = ctx.load(cfg.prompts.sources)
     records = attach_constraints(base, cfg.prompts.constraints_per_prompt, ctx.seed, cfg.prompts.kinds)
     decontamination = check_decontaminated(records, ctx.data_root)
     (ctx.out_dir / "instruct_prompts.jsonl").write_text("".join(
         json.dumps({"id": r.id, "prompt": r.prompt, "constraints": r.meta["constraints"]}) + "\n" for r in records))
-    records += load_mixture(cfg.data, ctx.data_root, seed=ctx.seed) if cfg.data else []
+    records += ctx.load(cfg.data) if cfg.data else []
     summary = run_rl_stage(ctx, cfg, records)
     summary.update(decontamination_checked=decontamination["checked"], reward_mode=cfg.reward,
                    judge=cfg.judge.model if cfg.judge else "off")
@@ -140,6 +139,20 @@ STAGES: dict[str, StageDef] = {
 }
 
 
+# Stages that read training data (and so drop what decontamination finds).
+TRAINING_STAGES = ("sft_stage1", "sft_stage2", "rl_math", "rl_code", "rl_stem", "distill", "instruct_rl")
+
+
+def excluded_ids(recipe: Recipe, data_root: str | None, store: ArtifactStore) -> frozenset[str]:
+    """Training record ids that decontamination drops (none when its action is ``skip``)."""
+    if recipe.decontamination.action == "skip":
+        return frozenset()
+    from posttrain.eval.decontam import check_recipe
+
+    report = check_recipe(recipe, data_root, store)
+    return frozenset(i for ids in report["dropped"].values() for i in ids)
+
+
 def _git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
 
@@ -169,6 +182,8 @@ def stage_key(stage: str, recipe: Recipe, upstream_key: str | None, version: str
     cfg = STAGES[stage].config(recipe)
     payload = {"stage": stage, "config": cfg.model_dump(mode="json") if isinstance(cfg, BaseModel) else cfg,
                "seed": recipe.seed, "data_root": recipe.data_root, "upstream": upstream_key, "code": version}
+    if stage in TRAINING_STAGES:  # what decontamination drops is part of a training stage's data
+        payload["decontamination"] = recipe.decontamination.model_dump(mode="json")
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -230,6 +245,7 @@ def _compute(stage, recipe, key, upstream, store, parent_tracker, data_root, for
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     inputs = _fetch_inputs(stage, recipe, upstream, store, input_keys or {})
+    exclude = excluded_ids(recipe, data_root, store) if stage in TRAINING_STAGES else frozenset()
     tracker = parent_tracker.child(stage, {"stage_key": key}) if parent_tracker else None
     cfg = definition.config(recipe)
     cfg_json = cfg.model_dump(mode="json") if isinstance(cfg, BaseModel) else cfg
@@ -240,7 +256,7 @@ def _compute(stage, recipe, key, upstream, store, parent_tracker, data_root, for
     if force:  # recompute from scratch, not from an earlier attempt's checkpoints
         checkpoints.clear()
     ctx = StageContext(stage=stage, recipe=recipe, out_dir=work, inputs=inputs, tracker=tracker,
-                       data_root=data_root, checkpoints=checkpoints)
+                       data_root=data_root, checkpoints=checkpoints, exclude_ids=exclude)
     start = time.monotonic()
     log.info("%s: running (key %s)", stage, key)
     try:

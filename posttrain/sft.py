@@ -28,7 +28,6 @@ from typing import Callable
 from posttrain.checkpoints import param_delta, save_model
 from posttrain.config import LoraSpec, SFTStage, TrainSpec
 from posttrain.context import StageContext
-from posttrain.data import load_mixture
 from posttrain.records import Record
 
 log = logging.getLogger(__name__)
@@ -233,7 +232,7 @@ def run_sft_stage(ctx: StageContext, cfg: SFTStage) -> dict:
     Raises:
         ValueError: if no trace is left to train on (the reports written so far say why).
     """
-    records = load_mixture(cfg.data, ctx.data_root, seed=ctx.seed)
+    records = ctx.load(cfg.data)
     probes: dict = {}
     callbacks = ctx.callbacks()
     remote = ctx.checkpoints

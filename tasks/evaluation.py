@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_table_artifact
 
-from posttrain.config import BenchmarkSpec, SamplingSpec
+from posttrain.config import BenchmarkSpec, ClrSpec, SamplingSpec
 
 
 @task(name="benchmark", log_prints=False, retries=1)
@@ -31,9 +31,36 @@ def benchmark_task(model_uri: str, spec: BenchmarkSpec, sampling: SamplingSpec, 
     return figures
 
 
+@task(name="clr", log_prints=False, retries=1)
+def clr_task(model_uri: str, spec: BenchmarkSpec, clr: ClrSpec, sampling: SamplingSpec, data_root: str | None,
+             artifacts: str, run_id: str, seed: int = 0) -> dict:
+    """CLR on one benchmark (``posttrain.eval.clr``); the full output (config, per-vote answers and
+    reliabilities) goes to ``evals/<run_id>/clr/<benchmark>.json``. Returns the pass@1 figures."""
+    from posttrain.data import load_source
+    from posttrain.engines import SamplingParams, open_engine
+    from posttrain.eval.clr import run_clr
+    from posttrain.storage import ArtifactStore, fetch
+
+    records = load_source(spec.name, data_root, limit=spec.limit, seed=seed)
+    engine = open_engine(sampling.engine, fetch(model_uri), batch_size=sampling.batch_size)
+    try:
+        params = SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
+                                max_new_tokens=sampling.max_new_tokens, seed=seed)
+        out = run_clr(engine, records, clr, params, seed)
+    finally:
+        engine.close()
+    ArtifactStore.from_uri(artifacts).put_json(f"evals/{run_id}/clr/{spec.name}.json", out)
+    return {k: out[k] for k in ("problems", "pass_at_1", "clr_pass_at_1", "majority_pass_at_1",
+                                "claims_per_trajectory", "verdict_rate")} | {"k": clr.k, "claims": clr.claims,
+                                                                            "repeats": clr.repeats,
+                                                                            "prompt_version": clr.prompt_version}
+
+
 @task(name="eval-report")
-def report_task(table: dict, artifacts: str, run_id: str, mlflow_run_id: str | None) -> str:
-    """Write the table (JSON and markdown) to the store, log ``eval/<benchmark>/<metric>``, attach a Prefect table."""
+def report_task(table: dict, artifacts: str, run_id: str, mlflow_run_id: str | None, clr: dict | None = None) -> str:
+    """Write the table (JSON and markdown) to the store, log ``eval/<benchmark>/<metric>``, attach a
+    Prefect table; CLR figures per benchmark (``clr``) go to ``eval/<benchmark>/clr/<figure>`` and a
+    table of their own."""
     from posttrain.eval.run import format_table
     from posttrain.storage import ArtifactStore
     from posttrain.tracking import Tracker
@@ -46,4 +73,12 @@ def report_task(table: dict, artifacts: str, run_id: str, mlflow_run_id: str | N
             tracker.log_metrics({f"eval/{name}/{k}": v for k, v in fig.items()})
     rows = [{"benchmark": n, **{k: round(v, 4) if isinstance(v, float) else v for k, v in f.items()}} for n, f in table.items()]
     create_table_artifact(key="eval-table", table=rows, description="avg@k / pass@k / maj@k per benchmark")
+    if clr:
+        store.put_json(f"evals/{run_id}/clr_table.json", clr)
+        if mlflow_run_id:
+            for name, fig in clr.items():
+                tracker.log_metrics({f"eval/{name}/clr/{k}": v for k, v in fig.items()
+                                     if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        create_table_artifact(key="clr-table", table=[{"benchmark": n, **f} for n, f in clr.items()],
+                              description="CLR: mean pass@1 of single trajectories, majority vote and CLR vote")
     return format_table(table)

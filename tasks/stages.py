@@ -69,6 +69,28 @@ def stage_task(stage: str, plan: RunPlan, upstream: StageRecord | None) -> Stage
     return record
 
 
+@task(name="decontamination")
+def decontamination_task(plan: RunPlan) -> dict:
+    """Check the recipe's training sources against the benchmarks before any compute (design.md §1.6).
+
+    Attaches a table of contaminated (training, benchmark) pairs and logs the counts to the run's
+    MLflow parent. With ``action: fail`` a contaminated recipe fails here, naming the pairs.
+    """
+    from posttrain.eval.decontam import check_recipe
+    from posttrain.tracking import Tracker
+
+    report = check_recipe(plan.recipe, plan.data_root, plan.store())
+    dropped = sum(len(ids) for ids in report["dropped"].values())
+    rows = report["pairs"] or [{"training": "-", "benchmark": "-", "contaminated": 0, "examples": "none found"}]
+    create_table_artifact(key="decontamination", table=rows,
+                          description=f"training items overlapping benchmarks ({report['action']}: {dropped} dropped); "
+                                      f"report {report['uri']}")
+    if plan.tracking_run_id:
+        Tracker(plan.tracking_run_id).log_metrics(
+            {"decontamination/dropped": dropped, **{f"decontamination/{s}": len(ids) for s, ids in report["dropped"].items()}})
+    return {k: report[k] for k in ("key", "uri", "action", "dropped")}
+
+
 def for_stage(stage: str, plan: RunPlan):
     """``stage_task`` named after ``stage`` (so the Prefect UI shows stage names), refreshing its cache under --force."""
     return stage_task.with_options(name=stage, task_run_name=stage, refresh_cache=stage in plan.force)

@@ -56,3 +56,29 @@ def test_real_near_duplicates_in_the_shipped_files(data_root):
                                 {"math500": load("math500"), "mbpp_test": load("mbpp_test")})
     found = {(r["training"], r["benchmark"]): r["contaminated"] for r in report.pairs()}
     assert found.get(("math_train", "math500"), 0) > 0, report.pairs()
+
+
+@pytest.mark.slow
+def test_recipe_check_drops_or_fails_and_is_stored(data_root, tmp_path):
+    from posttrain.config import load_recipe
+    from posttrain.context import StageContext
+    from posttrain.pipeline import excluded_ids
+    from posttrain.storage import LocalStore
+
+    store = LocalStore(tmp_path / "store")
+    only = "decontamination.benchmarks=[math500, mbpp_test]"
+    recipe = load_recipe("recipes/smoke.yaml", [only])
+    dropped = excluded_ids(recipe, str(data_root), store)
+    assert "math_train/precalculus/474" in dropped  # the same problem as MATH-500 precalculus/285
+    assert any(i.startswith("mbpp_train/") for i in dropped)
+    assert len(list((tmp_path / "store" / "decontamination").glob("*.json"))) == 1  # stored once, reused
+    assert excluded_ids(recipe, str(data_root), store) == dropped
+    # a stage's loader leaves the dropped records out
+    ctx = StageContext(stage="sft_stage2", recipe=recipe, out_dir=tmp_path, data_root=str(data_root),
+                       exclude_ids=frozenset({"math_train/precalculus/474"}))
+    spec = {"source": "math_train", "where": {"type": ["Precalculus"]}}
+    assert len(ctx.load([spec])) == len(StageContext(stage="x", recipe=recipe, out_dir=tmp_path,
+                                                     data_root=str(data_root)).load([spec])) - 1
+    with pytest.raises(ValueError, match="math_train ~ math500"):
+        excluded_ids(load_recipe("recipes/smoke.yaml", [only, "decontamination.action=fail"]), str(data_root), store)
+    assert excluded_ids(load_recipe("recipes/smoke.yaml", ["decontamination.action=skip"]), str(data_root), store) == set()

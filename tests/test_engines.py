@@ -40,3 +40,17 @@ def test_vllm_survives_chunked_prefill(tiny_model, data_root):
     finally:
         engine.close()
     assert len(out) == 48 and all(len(g) == 2 for g in out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["hf", "vllm"])
+def test_temperature_zero_is_greedy(kind, tiny_model):
+    """CLR's claim extraction and verification decode greedily: the same text every time."""
+    engine = open_engine(kind, tiny_model)
+    try:
+        a = engine.generate(PROMPTS, SamplingParams(n=2, temperature=0.0, max_new_tokens=8, seed=1))
+        b = engine.generate(PROMPTS, SamplingParams(n=1, temperature=0.0, max_new_tokens=8, seed=7))
+    finally:
+        engine.close()
+    for group, again in zip(a, b):
+        assert group[0].text == group[1].text == again[0].text

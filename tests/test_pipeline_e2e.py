@@ -43,6 +43,8 @@ def test_whole_dag_then_every_stage_cached(s3_env, tmp_path, monkeypatch, prefec
     # MLflow: the parent run and one child per stage, each with metrics
     client = MlflowClient(uri)
     parent = client.get_run(first["mlflow_run_id"])
+    # decontamination ran first against every benchmark and dropped the overlapping training items
+    assert parent.data.metrics["decontamination/dropped"] > 0 and "decontamination/math_train" in parent.data.metrics
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(c.data.tags["stage"] for c in children) == sorted(PIPELINE)
@@ -132,14 +134,15 @@ def test_evaluate_flow_on_any_checkpoint(tiny_model, tmp_path, monkeypatch, pref
     from mlflow.tracking import MlflowClient
 
     from flows.evaluate import evaluate
-    from posttrain.config import SamplingSpec
+    from posttrain.config import ClrSpec, SamplingSpec
     from posttrain.storage import ArtifactStore
 
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     artifacts = str(tmp_path / "artifacts")
     result = evaluate(str(tiny_model), ["synthetic_digits", "math500"], k=2, limit=3,
-                      sampling=SamplingSpec(engine="hf", max_new_tokens=6), artifacts=artifacts)
+                      sampling=SamplingSpec(engine="hf", max_new_tokens=6), artifacts=artifacts,
+                      clr_benchmarks=["math500"], clr=ClrSpec(k=2, claims=2, repeats=2, claim_max_new_tokens=8))
     assert set(result["table"]) == {"synthetic_digits", "math500"}
     assert result["table"]["math500"]["problems"] == 3 and "pass_at_2" in result["table"]["math500"]
     store = ArtifactStore.from_uri(artifacts)
@@ -148,3 +151,9 @@ def test_evaluate_flow_on_any_checkpoint(tiny_model, tmp_path, monkeypatch, pref
     assert len(lines) == 6  # problems x k
     metrics = MlflowClient(uri).get_run(result["mlflow_run_id"]).data.metrics
     assert "eval/math500/avg_at_2" in metrics and "eval/synthetic_digits/pass_at_1" in metrics
+    # CLR ran on math500 with the model judging its own claims; the output records its config
+    clr = result["clr"]["math500"]
+    assert clr["problems"] == 3 and 0 <= clr["clr_pass_at_1"] <= 1 and clr["prompt_version"] == "clr-v1"
+    saved = store.get_json(f"evals/{result['run_id']}/clr/math500.json")
+    assert saved["config"]["k"] == 2 and len(saved["samples"]) == 3 * 2  # problems x repeats
+    assert "eval/math500/clr/clr_pass_at_1" in metrics

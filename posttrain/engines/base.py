@@ -13,7 +13,8 @@ Messages = list[dict[str, str]]
 class SamplingParams:
     """Sampling settings. Defaults are the report's evaluation settings (design.md §1.5).
 
-    ``top_k = -1`` disables top-k; ``max_new_tokens`` is in tokens; ``seed`` makes runs repeatable.
+    ``temperature = 0`` is greedy decoding; ``top_k = -1`` disables top-k; ``max_new_tokens`` is in
+    tokens; ``seed`` makes runs repeatable.
     """
 
     n: int = 1

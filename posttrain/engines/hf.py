@@ -59,23 +59,28 @@ class HFEngine:
         import torch
 
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        # temperature 0 is greedy decoding (as in vLLM): one sequence per prompt, repeated n times
+        greedy = params.temperature <= 0
+        sampling = (dict(do_sample=False, temperature=None, top_p=None, top_k=None) if greedy else
+                    dict(do_sample=True, temperature=params.temperature, top_p=params.top_p,
+                         top_k=None if params.top_k < 0 else params.top_k))
+        per_prompt = 1 if greedy else params.n
         with torch.inference_mode():
             seqs = self.model.generate(
-                **enc, do_sample=True, temperature=params.temperature, top_p=params.top_p,
-                top_k=None if params.top_k < 0 else params.top_k, max_new_tokens=params.max_new_tokens,
-                num_return_sequences=params.n, pad_token_id=self.tokenizer.pad_token_id,
+                **enc, **sampling, max_new_tokens=params.max_new_tokens,
+                num_return_sequences=per_prompt, pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=self.tokenizer.eos_token_id,
-            )  # [batch * n, prompt_len + new]
+            )  # [batch * per_prompt, prompt_len + new]
         new = seqs[:, enc["input_ids"].shape[1] :]
         results: list[list[Completion]] = []
         for i in range(len(texts)):
             group = []
-            for row in new[i * params.n : (i + 1) * params.n].tolist():
+            for row in new[i * per_prompt : (i + 1) * per_prompt].tolist():
                 stop = self.tokenizer.eos_token_id in row
                 length = row.index(self.tokenizer.eos_token_id) + 1 if stop else len(row)
                 text = self.tokenizer.decode(row[:length], skip_special_tokens=True)
                 group.append(Completion(text=text, num_tokens=length, finish_reason="stop" if stop else "length"))
-            results.append(group)
+            results.append(group * (params.n // per_prompt))
         return results
 
     def close(self) -> None:

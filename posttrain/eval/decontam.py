@@ -134,3 +134,75 @@ def find_contamination(training: Mapping[str, Sequence[Record]], benchmarks: Map
                 report.matches.append(Match(bench, bid, src, tid, share, count, len(distinctive),
                                             btexts.get((bench, bid), "")[:300], texts.get((src, tid), "")[:300]))
     return report
+
+
+# ------------------------------------------------------------------------------ a recipe's training data
+def training_specs(recipe) -> list:
+    """Every data spec the recipe's training stages read (SFT, RL, distillation, instruct prompts)."""
+    stages = [recipe.sft_stage1, recipe.sft_stage2, recipe.rl_math, recipe.rl_code, recipe.rl_stem, recipe.distill]
+    specs = [s for stage in stages for s in stage.data]
+    return specs + list(recipe.instruct_rl.data) + list(recipe.instruct_rl.prompts.sources)
+
+
+def benchmark_names(cfg) -> list[str]:
+    """The benchmarks to check against: ``cfg.benchmarks``, or every registered evaluation source."""
+    from posttrain.data import registered_sources
+
+    if cfg.benchmarks is not None:
+        return list(cfg.benchmarks)
+    return registered_sources("eval")
+
+
+def check_recipe(recipe, data_root: str | None, store) -> dict:
+    """Decontaminate a recipe's training sources against the benchmarks (design.md §1.6).
+
+    Each training source is loaded whole (no ``limit``; its ``data_root``, ``mapping`` and
+    ``where`` kept) and scored with :func:`find_contamination`. The report is stored once per
+    content key (sources, benchmarks, settings) at ``decontamination/<key>.json`` and reused.
+
+    Returns:
+        ``{"key", "uri", "action", "dropped": {source: [record ids]}, "pairs": [rows],
+        "examples": [...], "settings"}``.
+
+    Raises:
+        ValueError: with ``action: fail``, naming each contaminated (training, benchmark) pair.
+    """
+    import json
+
+    from posttrain.config import config_hash
+    from posttrain.data import load_mixture
+
+    cfg = recipe.decontamination
+    sources: dict[str, dict] = {}
+    for spec in training_specs(recipe):
+        sources.setdefault(spec.source, spec.model_dump(mode="json", exclude={"limit"}))
+    benchmarks = benchmark_names(cfg)
+    settings = {"ngram": cfg.ngram, "threshold": cfg.threshold, "template_min_docs": cfg.template_min_docs,
+                "min_ngrams": cfg.min_ngrams}
+    key = config_hash({"sources": sources, "benchmarks": benchmarks, "settings": settings,
+                       "data_root": data_root})[:24]
+    rel = f"decontamination/{key}.json"
+    if store.exists(rel):
+        report = store.get_json(rel)
+    else:
+        training = {name: load_mixture([spec], data_root) for name, spec in sources.items()}
+        evaluation = {name: load_mixture([{"source": name}], data_root) for name in benchmarks}
+        found = find_contamination(training, evaluation, cfg.ngram, cfg.threshold, cfg.template_min_docs,
+                                   cfg.min_ngrams)
+        dropped: dict[str, list[str]] = {}
+        for m in found.matches:
+            dropped.setdefault(m.training_source, [])
+            if m.training_id not in dropped[m.training_source]:
+                dropped[m.training_source].append(m.training_id)
+        report = {"key": key, "settings": settings, "training_sources": sorted(sources), "benchmarks": benchmarks,
+                  "template_ngrams": found.template_ngrams, "scored": found.scored, "pairs": found.pairs(),
+                  "dropped": {s: sorted(ids) for s, ids in sorted(dropped.items())},
+                  "examples": [m.__dict__ for m in found.matches[:50]]}
+        store.put_json(rel, json.loads(json.dumps(report)))
+    report = {**report, "uri": store.uri(rel), "action": cfg.action}
+    if cfg.action == "fail" and report["pairs"]:
+        lines = [f"{r['training']} ~ {r['benchmark']}: {r['contaminated']} items (e.g. {r['examples']})"
+                 for r in report["pairs"]]
+        raise ValueError("training data overlaps benchmarks (decontamination.action is 'fail'; 'drop' removes "
+                         "the items instead):\n  " + "\n  ".join(lines) + f"\nreport: {report['uri']}")
+    return report

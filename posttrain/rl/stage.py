@@ -203,11 +203,10 @@ def run_rl_stage(ctx: StageContext, cfg: RLStage, records: list[Record] | None =
     Returns the stage summary: prompt counts, steps, reward mean, MGPO weight mean, parameter
     distance to the starting checkpoint (0 when filtering left nothing to train on).
     """
-    from posttrain.data import load_mixture
     from posttrain.rl.filtering import filter_prompts
 
     if records is None:
-        records = load_mixture(cfg.data, ctx.data_root, seed=ctx.seed)
+        records = ctx.load(cfg.data)
     records, too_long = drop_long_prompts(records, ctx.model_in, cfg.max_prompt_length)
     if too_long:
         log.info("%s: dropped %d prompts longer than %d tokens", ctx.stage, len(too_long), cfg.max_prompt_length)
