@@ -91,9 +91,9 @@ def eval_(
     engine: str = typer.Option("hf", "--engine", help="hf or vllm"),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
     clr: Optional[list[str]] = typer.Option(None, "--clr", help="benchmarks to run CLR test-time scaling on"),
-    clr_k: int = typer.Option(8, "--clr-k", help="CLR: trajectories per vote (K)"),
-    clr_claims: int = typer.Option(3, "--clr-claims", help="CLR: claims per trajectory (M)"),
-    clr_repeats: int = typer.Option(4, "--clr-repeats", help="CLR: votes per problem (R)"),
+    clr_k: int = typer.Option(32, "--clr-k", help="CLR: trajectories per vote (K; 3B: 32)"),
+    clr_claims: int = typer.Option(5, "--clr-claims", help="CLR: claims per trajectory (M; 3B: 5)"),
+    clr_repeats: int = typer.Option(8, "--clr-repeats", help="CLR: votes per problem (R; 3B: 8)"),
 ) -> None:
     """Evaluate any checkpoint: avg@k, pass@k, maj@k per benchmark; optionally CLR."""
     from flows.evaluate import evaluate

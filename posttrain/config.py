@@ -350,9 +350,9 @@ class ClrSpec(Strict):
     reliability ``r = (mean verdict)^M``, a reliability-weighted vote, repeated R times.
     ``prompt_version`` names the two prompts; change it whenever you change them."""
 
-    k: int = Field(default=8, ge=1, description="trajectories per vote")
-    claims: int = Field(default=3, ge=1, description="M: claims extracted per trajectory")
-    repeats: int = Field(default=4, ge=1, description="R: independent votes per problem")
+    k: int = Field(default=32, ge=1, description="K: trajectories per vote (3B: 32)")
+    claims: int = Field(default=5, ge=1, description="M: claims extracted per trajectory (3B: 5)")
+    repeats: int = Field(default=8, ge=1, description="R: independent votes per problem (3B: 8)")
     claim_temperature: float = Field(default=0.0, ge=0, description="extraction and verification sampling")
     claim_max_new_tokens: int = Field(default=256, ge=1)
     prompt_version: str = "clr-v1"

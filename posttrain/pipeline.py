@@ -280,7 +280,8 @@ def _compute(stage, recipe, key, upstream, store, parent_tracker, data_root, for
     if tracker:
         for name in ("summary.json", "eval_table.md", "eval_table.json", "distill_report.json",
                      "filter_report.json", "rollout_samples.json", "probe_report.json", "probe_heatmap.png",
-                     "sft_data_report.json", "hard_subset_report.json", "sft_data/manifest.json"):
+                     "sft_data_report.json", "hard_subset_report.json", "sft_data/manifest.json", "pass_at_k.png",
+                     "lengths.png"):
             if (work / name).is_file():
                 tracker.log_artifact(work / name, str(Path(name).parent) if "/" in name else None)
         tracker.end("FINISHED")

@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 
 from prefect import task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from posttrain.config import BenchmarkSpec, ClrSpec, SamplingSpec
 
@@ -61,6 +61,7 @@ def report_task(table: dict, artifacts: str, run_id: str, mlflow_run_id: str | N
     """Write the table (JSON and markdown) to the store, log ``eval/<benchmark>/<metric>``, attach a
     Prefect table; CLR figures per benchmark (``clr``) go to ``eval/<benchmark>/clr/<figure>`` and a
     table of their own."""
+    from posttrain.eval.report import length_histogram_png, pass_at_k_png, table_rows
     from posttrain.eval.run import format_table
     from posttrain.storage import ArtifactStore
     from posttrain.tracking import Tracker
@@ -71,8 +72,20 @@ def report_task(table: dict, artifacts: str, run_id: str, mlflow_run_id: str | N
         tracker = Tracker(mlflow_run_id)
         for name, fig in table.items():
             tracker.log_metrics({f"eval/{name}/{k}": v for k, v in fig.items()})
-    rows = [{"benchmark": n, **{k: round(v, 4) if isinstance(v, float) else v for k, v in f.items()}} for n, f in table.items()]
-    create_table_artifact(key="eval-table", table=rows, description="avg@k / pass@k / maj@k per benchmark")
+    create_table_artifact(key="eval-table", table=table_rows(table),
+                          description="avg@k / pass@k / maj@k per benchmark, beside VibeThinker-3B's pass@1")
+    with tempfile.TemporaryDirectory() as tmp:
+        samples = Path(tmp) / "samples"
+        for name in table:
+            rel = f"evals/{run_id}/samples/{name}.jsonl"
+            if store.exists(rel):
+                samples.mkdir(parents=True, exist_ok=True)
+                store.get_file(rel, samples / f"{name}.jsonl")
+        for png in (pass_at_k_png(table, Path(tmp) / "pass_at_k.png"),
+                    length_histogram_png(samples, Path(tmp) / "lengths.png")):
+            store.put_file(png, f"evals/{run_id}/{png.name}")
+            if mlflow_run_id:
+                tracker.log_artifact(png)
     if clr:
         store.put_json(f"evals/{run_id}/clr_table.json", clr)
         if mlflow_run_id:
@@ -81,4 +94,7 @@ def report_task(table: dict, artifacts: str, run_id: str, mlflow_run_id: str | N
                                      if isinstance(v, (int, float)) and not isinstance(v, bool)})
         create_table_artifact(key="clr-table", table=[{"benchmark": n, **f} for n, f in clr.items()],
                               description="CLR: mean pass@1 of single trajectories, majority vote and CLR vote")
-    return format_table(table)
+    markdown = format_table(table)
+    create_markdown_artifact(key="eval-summary", markdown=f"### Evaluation {run_id}\n\n{markdown}",
+                             description="the evaluation table as markdown")
+    return markdown

@@ -47,9 +47,10 @@ def stage_task(stage: str, plan: RunPlan, upstream: StageRecord | None) -> Stage
                              description=f"{stage} output and summary")
     table = record.summary.get("table")
     if table:
-        rows = [{"benchmark": name, **{k: round(v, 4) if isinstance(v, float) else v for k, v in fig.items()}}
-                for name, fig in table.items()]
-        create_table_artifact(key="eval-table", table=rows, description="avg@k / pass@k / maj@k per benchmark")
+        from posttrain.eval.report import table_rows
+
+        create_table_artifact(key="eval-table", table=table_rows(table),
+                              description="avg@k / pass@k / maj@k per benchmark, beside VibeThinker-3B's pass@1")
     probe_table = record.summary.get("probe_table")
     if probe_table:
         create_table_artifact(key=f"{stage.replace('_', '-')}-probe-matrix", table=probe_table,

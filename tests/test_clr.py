@@ -90,3 +90,12 @@ def test_run_clr_votes_with_model_verified_claims():
     assert [row["clr_answer"] for row in out["samples"]] == ["12", "12"]
     # one sampling call (K x R), one extraction call, one verification call
     assert engine.calls == [(1, 10), (10, 1), (20, 1)]
+
+
+def test_trajectories_without_an_answer_are_not_sent_for_claims():
+    record = Record(id="p/1", domain="math", prompt="What is 3 times 4?", verifier="math",
+                    reference=Reference(answer="12"), source="t")
+    engine = Scripted(["so \\boxed{12}", "I am not sure", "so \\boxed{7}"])
+    out = run_clr(engine, [record], ClrSpec(k=3, claims=2, repeats=1), SamplingParams(max_new_tokens=32))
+    assert engine.calls == [(1, 3), (2, 1), (4, 1)]  # 2 answered trajectories x 2 claims
+    assert out["samples"][0]["reliabilities"][1] == 0.0 and out["clr_pass_at_1"] == 1.0

@@ -66,3 +66,19 @@ def test_instruction_benchmark_reports_ifeval_accuracies(data_root, tmp_path):
     assert 0 <= figures["instruction_strict"] <= figures["instruction_loose"] <= 1
     table = format_table({"ifeval": figures})
     assert "instruction strict" in table and f"{figures['instruction_strict']:.3f}" in table
+
+
+def test_report_rows_carry_the_reference_scores(tmp_path):
+    from posttrain.eval.report import length_histogram_png, pass_at_k_png, table_rows
+
+    fig = {"k": 4, "problems": 2, "avg_at_4": 0.5, "stderr": 0.1, "pass_at_1": 0.5, "pass_at_2": 0.75,
+           "pass_at_4": 1.0, "maj_at_4": 0.5}
+    rows = table_rows({"aime2025": fig, "ifeval (distill)": fig, "math500": fig})
+    assert rows[0]["vibethinker_3b_pass@1_%"] == 91.4 and rows[0]["vibethinker_3b_clr_%"] == 96.7
+    assert rows[1]["vibethinker_3b_pass@1_%"] == 93.4  # a baseline row takes its benchmark's reference
+    assert rows[2]["vibethinker_3b_pass@1_%"] is None and rows[2]["pass@k"] == 1.0
+    (tmp_path / "samples").mkdir()
+    (tmp_path / "samples" / "aime2025.jsonl").write_text('{"tokens": 5}\n{"tokens": 9}\n')
+    for png in (pass_at_k_png({"aime2025": fig}, tmp_path / "p.png"),
+                length_histogram_png(tmp_path / "samples", tmp_path / "l.png")):
+        assert png.read_bytes()[:4] == b"\x89PNG"

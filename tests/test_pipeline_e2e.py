@@ -157,3 +157,8 @@ def test_evaluate_flow_on_any_checkpoint(tiny_model, tmp_path, monkeypatch, pref
     saved = store.get_json(f"evals/{result['run_id']}/clr/math500.json")
     assert saved["config"]["k"] == 2 and len(saved["samples"]) == 3 * 2  # problems x repeats
     assert "eval/math500/clr/clr_pass_at_1" in metrics
+    # plots in the store and in MLflow
+    for png in ("pass_at_k.png", "lengths.png"):
+        assert (tmp_path / "artifacts" / "evals" / result["run_id"] / png).read_bytes()[:4] == b"\x89PNG"
+    logged = {a.path for a in MlflowClient(uri).list_artifacts(result["mlflow_run_id"])}
+    assert {"pass_at_k.png", "lengths.png"} <= logged

@@ -87,9 +87,10 @@ def run_clr(engine, records: Sequence[Record], spec, sampling: SamplingParams, s
     """CLR on ``records`` (math or choice verifiers) with one generation engine; pure voting aside.
 
     Samples ``spec.k * spec.repeats`` trajectories per problem (``sampling``), asks the same
-    model for ``spec.claims`` claims per trajectory and for a verdict per claim (``spec``'s
-    prompts and ``claim_sampling``), scores reliabilities, and votes within each of the
-    ``repeats`` disjoint sets of K trajectories.
+    model for ``spec.claims`` claims per answered trajectory and for a verdict per claim
+    (``spec``'s prompts, greedy by default), scores reliabilities, and votes within each of the
+    ``repeats`` disjoint sets of K trajectories. Trajectories without an answer get r = 0 and
+    cost no extraction.
 
     Returns ``{"config", "pass_at_1", "clr_pass_at_1", "majority_pass_at_1", "problems",
     "claims_per_trajectory", "verdict_rate", "samples": [per problem and repeat]}``;
@@ -109,9 +110,13 @@ def run_clr(engine, records: Sequence[Record], spec, sampling: SamplingParams, s
     answers = [answer_key(v.details or {}) for v in verdicts]
     judge = replace(sampling, n=1, temperature=spec.claim_temperature, max_new_tokens=spec.claim_max_new_tokens,
                     seed=seed)
+    # a trajectory without an answer cannot win a vote: it is not sent for claims or verdicts
+    answered = [t for t, a in enumerate(answers) if a is not None]
     extraction = engine.generate([[{"role": "user", "content": spec.claim_prompt.format(
-        problem=records[i].prompt, solution=text, m=m)}] for i, text in flat], judge)
-    claims = [parse_claims(g[0].text, m) for g in extraction]
+        problem=records[flat[t][0]].prompt, solution=flat[t][1], m=m)}] for t in answered], judge) if answered else []
+    claims: list[list[str]] = [[] for _ in flat]
+    for t, g in zip(answered, extraction):
+        claims[t] = parse_claims(g[0].text, m)
     jobs = [(t, claim) for t, cs in enumerate(claims) for claim in cs]
     replies = engine.generate([[{"role": "user", "content": spec.verify_prompt.format(
         problem=records[flat[t][0]].prompt, claim=claim)}] for t, claim in jobs], judge) if jobs else []
@@ -144,7 +149,7 @@ def run_clr(engine, records: Sequence[Record], spec, sampling: SamplingParams, s
             "pass_at_1": sum(correct) / len(correct) if correct else 0.0,
             "clr_pass_at_1": sum(clr_hits) / len(clr_hits) if clr_hits else 0.0,
             "majority_pass_at_1": sum(maj_hits) / len(maj_hits) if maj_hits else 0.0,
-            "claims_per_trajectory": sum(len(c) for c in claims) / len(claims) if claims else 0.0,
+            "claims_per_trajectory": sum(len(claims[t]) for t in answered) / len(answered) if answered else 0.0,
             "verdict_rate": (sum(1 for v in per_traj for x in v if x is not None) / verdict_total
                              if verdict_total else 0.0),
             "samples": rows}

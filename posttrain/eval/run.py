@@ -66,7 +66,8 @@ def run_benchmark(engine, spec: BenchmarkSpec, sampling, data_root: str | None, 
 
 def evaluate_model(model_dir: Path, cfg: EvalStage, data_root: str | None, out_dir: Path, seed: int,
                    log_metrics=None) -> dict:
-    """Evaluate one checkpoint on every benchmark of ``cfg``; write ``eval_table.json`` and ``.md``.
+    """Evaluate one checkpoint on every benchmark of ``cfg``; write ``eval_table.json`` and ``.md``,
+    and the plots ``pass_at_k.png`` and ``lengths.png``.
 
     ``log_metrics(dict)`` receives ``eval/<benchmark>/<metric>`` keys (design.md §3).
     Returns ``{benchmark: figures}``.
@@ -84,6 +85,11 @@ def evaluate_model(model_dir: Path, cfg: EvalStage, data_root: str | None, out_d
         engine.close()
     (out_dir / "eval_table.json").write_text(json.dumps(table, indent=2))
     (out_dir / "eval_table.md").write_text(format_table(table))
+    if table:
+        from posttrain.eval.report import length_histogram_png, pass_at_k_png
+
+        pass_at_k_png(table, out_dir / "pass_at_k.png")
+        length_histogram_png(out_dir / "samples", out_dir / "lengths.png")
     return table
 
 
