@@ -86,10 +86,13 @@ def run(
 def eval_(
     model: str = typer.Option(..., "--model", help="checkpoint folder (Hugging Face layout)"),
     benchmarks: list[str] = typer.Option(..., "--benchmarks", help="comma-separated benchmark names"),
-    k: int = typer.Option(4, "--k", help="samples per problem"),
+    k: Optional[int] = typer.Option(None, "--k", help="samples per problem (default: 64 math, 16 IMO-AnswerBench "
+                                    "and GPQA, 8 code, 4 otherwise)"),
     limit: Optional[int] = typer.Option(None, "--limit", help="problems per benchmark"),
-    engine: str = typer.Option("hf", "--engine", help="hf or vllm"),
+    engine: str = typer.Option("vllm", "--engine", help="vllm (faster at every load measured) or hf"),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
+    after: Optional[str] = typer.Option(None, "--after", help="time split: only problems dated after this ISO date"),
+    shards: int = typer.Option(1, "--shards", min=1, help="task runs per benchmark (a failed one is retried alone)"),
     clr: Optional[list[str]] = typer.Option(None, "--clr", help="benchmarks to run CLR test-time scaling on"),
     clr_k: int = typer.Option(32, "--clr-k", help="CLR: trajectories per vote (K; 3B: 32)"),
     clr_claims: int = typer.Option(5, "--clr-claims", help="CLR: claims per trajectory (M; 3B: 5)"),
@@ -102,7 +105,7 @@ def eval_(
     spec = ClrSpec(k=clr_k, claims=clr_claims, repeats=clr_repeats)
     with console.status("evaluating"):
         result = evaluate(model, _split(benchmarks), k, limit, SamplingSpec(engine=engine, max_new_tokens=max_new_tokens),
-                          clr_benchmarks=_split(clr), clr=spec)
+                          clr_benchmarks=_split(clr), clr=spec, after=after, shards=shards)
     _print_table(result["table"], f"Evaluation of {model}")
     if result["clr"]:
         t = Table(title=f"CLR (K={spec.k}, M={spec.claims}, R={spec.repeats}, {spec.prompt_version})")

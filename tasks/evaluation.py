@@ -13,22 +13,24 @@ from posttrain.config import BenchmarkSpec, ClrSpec, SamplingSpec
 
 @task(name="benchmark", log_prints=False, retries=1)
 def benchmark_task(model_uri: str, spec: BenchmarkSpec, sampling: SamplingSpec, data_root: str | None,
-                   artifacts: str, run_id: str, seed: int = 0) -> dict:
-    """Evaluate one checkpoint folder on one benchmark; samples go to ``evals/<run_id>/samples/``."""
+                   artifacts: str, run_id: str, seed: int = 0, shard: tuple[int, int] = (0, 1)) -> dict:
+    """Evaluate one checkpoint folder on shard ``i`` of ``n`` of one benchmark; samples go to
+    ``evals/<run_id>/samples/``. Returns the raw part (``posttrain.eval.run.benchmark_part``); a
+    failed shard is retried alone (``retries=1``)."""
     from posttrain.engines import open_engine
-    from posttrain.eval.run import run_benchmark
+    from posttrain.eval.run import benchmark_part
     from posttrain.storage import ArtifactStore, fetch
 
     store = ArtifactStore.from_uri(artifacts)
     engine = open_engine(sampling.engine, fetch(model_uri), batch_size=sampling.batch_size)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            figures = run_benchmark(engine, spec, sampling, data_root, Path(tmp), seed)
+            part = benchmark_part(engine, spec, sampling, data_root, Path(tmp), seed, shard)
             for f in Path(tmp).rglob("*.jsonl"):
                 store.put_file(f, f"evals/{run_id}/{f.relative_to(tmp).as_posix()}")
     finally:
         engine.close()
-    return figures
+    return part
 
 
 @task(name="clr", log_prints=False, retries=1)
@@ -76,11 +78,9 @@ def report_task(table: dict, artifacts: str, run_id: str, mlflow_run_id: str | N
                           description="avg@k / pass@k / maj@k per benchmark, beside VibeThinker-3B's pass@1")
     with tempfile.TemporaryDirectory() as tmp:
         samples = Path(tmp) / "samples"
-        for name in table:
-            rel = f"evals/{run_id}/samples/{name}.jsonl"
-            if store.exists(rel):
-                samples.mkdir(parents=True, exist_ok=True)
-                store.get_file(rel, samples / f"{name}.jsonl")
+        for rel in store.list(f"evals/{run_id}/samples/"):
+            samples.mkdir(parents=True, exist_ok=True)
+            store.get_file(rel, samples / rel.rsplit("/", 1)[-1])
         for png in (pass_at_k_png(table, Path(tmp) / "pass_at_k.png"),
                     length_histogram_png(samples, Path(tmp) / "lengths.png")):
             store.put_file(png, f"evals/{run_id}/{png.name}")

@@ -61,8 +61,11 @@ def _load(name: str) -> tuple[list[Record], dict[str, int]]:
     return records, skipped_rows(name)
 
 
+USER_SUPPLIED = {"gpqa_diamond", "livecodebench_v6"}  # not shipped: loaded from a file the user supplies
+
+
 def test_registry_lists_every_expected_source():
-    assert set(registered_sources()) == set(EXPECTED)
+    assert set(registered_sources()) == set(EXPECTED) | USER_SUPPLIED
     assert "mmlu_pro_stem" in registered_sources("eval") and "mmlu_pro_stem" not in registered_sources("train")
     assert "mbpp_train" in registered_sources("train")
 
@@ -366,3 +369,84 @@ def test_mixture_where_filters_meta_before_limit():
     assert len(records) == 5 and all(r.meta["level"] == 1 for r in records)
     with pytest.raises(ValueError, match="matches"):
         load_mixture([{"source": "math_train", "where": {"level": ["Level 1"]}}], DATA)
+
+
+def test_gpqa_diamond_is_user_supplied(tmp_path):
+    import csv
+
+    from posttrain.data.errors import UserFileMissing
+    from posttrain.verifiers.base import verify_all
+
+    with pytest.raises(UserFileMissing, match="not be redistributed.*benchmarks/gpqa_diamond.csv"):
+        load_source("gpqa_diamond", tmp_path)
+    (tmp_path / "benchmarks").mkdir()
+    header = ["Record ID", "Question", "Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2",
+              "Incorrect Answer 3", "High-level domain"]
+    rows = [["rec1", "Which particle is a lepton?", "muon", "proton", "neutron", "pion", "Physics"],
+            ["rec2", "What is the pH of pure water at 25 C?", "7", "1", "14", "0", "Chemistry"]]
+    with (tmp_path / "benchmarks" / "gpqa_diamond.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    records = load_source("gpqa_diamond", tmp_path)
+    assert [r.id for r in records] == ["gpqa_diamond/rec1", "gpqa_diamond/rec2"]
+    for record, row in zip(records, rows):
+        labels = {c.label: c.text for c in record.reference.choices}
+        assert sorted(labels) == ["A", "B", "C", "D"] and labels[record.reference.answer] == row[2]
+        gold = verify_all(["choice"], [f"\\boxed{{{record.reference.answer}}}"], [record.verifier_reference()])[0]
+        assert gold.passed and record.meta["subdomain"] == row[6]
+
+
+def test_livecodebench_release_format(tmp_path):
+    import base64
+    import pickle
+    import zlib
+
+    from posttrain.data.errors import UserFileMissing
+    from posttrain.verifiers.base import verify_all
+
+    with pytest.raises(UserFileMissing, match="livecodebench_v6.jsonl"):
+        load_source("livecodebench_v6", tmp_path)
+
+    def packed(tests):  # the release's encoding of private tests
+        return base64.b64encode(zlib.compress(pickle.dumps(json.dumps(tests)))).decode()
+
+    stdin = {"question_id": "abc300_a", "question_content": "Read two integers and print their sum.",
+             "starter_code": "", "platform": "atcoder", "contest_date": "2025-03-01T00:00:00", "difficulty": "easy",
+             "public_test_cases": json.dumps([{"input": "1 2\n", "output": "3\n", "testtype": "stdin"}]),
+             "private_test_cases": packed([{"input": "5 5\n", "output": "10\n", "testtype": "stdin"}]),
+             "metadata": "{}"}
+    functional = {"question_id": "3300", "question_content": "Return the sum of a and b.",
+                  "starter_code": "class Solution:\n    def add(self, a: int, b: int) -> int:\n        ",
+                  "platform": "leetcode", "contest_date": "2024-06-01T00:00:00", "difficulty": "easy",
+                  "public_test_cases": json.dumps([{"input": "1\n2", "output": "3", "testtype": "functional"}]),
+                  "private_test_cases": packed([{"input": "0\n7", "output": "7", "testtype": "functional"}]),
+                  "metadata": json.dumps({"func_name": "add"})}
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "livecodebench_v6.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in (stdin, functional)))
+    a, b = load_source("livecodebench_v6", tmp_path)
+    assert len(a.reference.tests) == 2 and a.meta["contest_date"].startswith("2025-03")
+    good = ["```python\na, b = map(int, input().split())\nprint(a + b)\n```",
+            "```python\nclass Solution:\n    def add(self, a, b):\n        return a + b\n```"]
+    bad = ["```python\nprint(3)\n```", "```python\nclass Solution:\n    def add(self, a, b):\n        return 3\n```"]
+    refs = [a.verifier_reference(), b.verifier_reference()]
+    assert [v.passed for v in verify_all(["code"] * 2, good, refs)] == [True, True]
+    assert [v.passed for v in verify_all(["code"] * 2, bad, refs)] == [False, False]
+
+
+def test_livecodebench_private_tests_never_unpickle_objects(tmp_path):
+    import base64
+    import pickle
+    import zlib
+
+    from posttrain.data.errors import DataError
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    row = {"question_id": "x", "question_content": "q", "public_test_cases": "[]",
+           "private_test_cases": base64.b64encode(zlib.compress(pickle.dumps(Evil()))).decode(), "metadata": "{}"}
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "livecodebench_v6.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(DataError, match="line 1: field 'private_test_cases'"):
+        load_source("livecodebench_v6", tmp_path)

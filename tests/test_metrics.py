@@ -82,3 +82,30 @@ def test_report_rows_carry_the_reference_scores(tmp_path):
     for png in (pass_at_k_png({"aime2025": fig}, tmp_path / "p.png"),
                 length_histogram_png(tmp_path / "samples", tmp_path / "l.png")):
         assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_default_samples_per_problem_follow_the_report():
+    from posttrain.eval.run import default_k
+    from posttrain.records import Record
+
+    def recs(verifier):
+        return [Record(id="x/1", domain="math", prompt="p", verifier=verifier, reference={"answer": "1"}, source="x")]
+
+    assert default_k("aime2025", recs("math")) == 64 and default_k("imo_answerbench", recs("math")) == 16
+    assert default_k("gpqa_diamond", recs("choice")) == 16 and default_k("humaneval", recs("code")) == 8
+    assert default_k("ifeval", recs("instruct")) == 4
+
+
+def test_time_split_keeps_problems_after_the_cutoff(data_root):
+    from posttrain.data import load_source
+    from posttrain.eval.run import after_cutoff
+
+    aime = load_source("aime2024", data_root) + load_source("aime2025", data_root)
+    kept = after_cutoff(aime, "2024-06-30", "aime")
+    assert len(kept) == 30 and {str(r.meta["year"]) for r in kept} == {"2025"}  # year-only: January 1
+    with pytest.raises(ValueError, match="no problem dated after 2025-01-01"):
+        after_cutoff(aime, "2025-01-01", "aime")
+    with pytest.raises(ValueError, match="math500: 500 records carry no date"):
+        after_cutoff(load_source("math500", data_root), "2020-01-01", "math500")
+    with pytest.raises(ValueError, match="ISO date"):
+        after_cutoff(aime, "last year", "aime")

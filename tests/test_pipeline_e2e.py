@@ -162,3 +162,29 @@ def test_evaluate_flow_on_any_checkpoint(tiny_model, tmp_path, monkeypatch, pref
         assert (tmp_path / "artifacts" / "evals" / result["run_id"] / png).read_bytes()[:4] == b"\x89PNG"
     logged = {a.path for a in MlflowClient(uri).list_artifacts(result["mlflow_run_id"])}
     assert {"pass_at_k.png", "lengths.png"} <= logged
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_evaluate_flow_shards_and_retries_a_failed_shard_alone(tiny_model, tmp_path, monkeypatch, prefect_harness):
+    import posttrain.eval.run as run
+    from flows.evaluate import evaluate
+    from posttrain.config import SamplingSpec
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
+    calls = []
+    real = run.benchmark_part
+
+    def flaky(engine, spec, sampling, data_root, out_dir, seed, shard=(0, 1)):
+        calls.append(shard)
+        if shard == (1, 3) and calls.count(shard) == 1:
+            raise RuntimeError("worker lost")  # the first attempt of shard 1 fails
+        return real(engine, spec, sampling, data_root, out_dir, seed, shard)
+
+    monkeypatch.setattr(run, "benchmark_part", flaky)
+    result = evaluate(str(tiny_model), ["math500"], k=2, limit=5, shards=3,
+                      sampling=SamplingSpec(engine="hf", max_new_tokens=4), artifacts=str(tmp_path / "artifacts"))
+    assert calls == [(0, 3), (1, 3), (1, 3), (2, 3)]  # only the failed shard ran twice
+    assert result["table"]["math500"]["problems"] == 5 and result["table"]["math500"]["k"] == 2
+    samples = sorted(p.name for p in (tmp_path / "artifacts" / "evals" / result["run_id"] / "samples").iterdir())
+    assert samples == [f"math500.shard-{i}-of-3.jsonl" for i in range(3)]

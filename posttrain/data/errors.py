@@ -38,3 +38,11 @@ class DataError(ValueError):
     def with_path(self, path: str) -> "DataError":
         """The same error reported against another path (e.g. the S3 URI a staged file came from)."""
         return DataError(path, self.row, self.field, self.problem, self.unit)
+
+
+class UserFileMissing(DataError, FileNotFoundError):
+    """A benchmark that is not shipped (its licence or authors forbid it) has not been supplied:
+    the message says where to get it and where to put it."""
+
+    def __init__(self, path: str, how: str) -> None:
+        super().__init__(path, None, None, f"not found. {how}", unit="file")

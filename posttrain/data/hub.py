@@ -95,7 +95,34 @@ def load_hub_records(path_or_id: str, source: str, mapping: HubMapping) -> list[
     import datasets  # slow import (~2 s): only for hub roots
 
     dataset = datasets.load_dataset(path_or_id, split=mapping.split)
-    where = f"hf://{path_or_id}[{mapping.split}]"
+    return _records(dataset, f"hf://{path_or_id}[{mapping.split}]", source, mapping, {"hub": path_or_id})
+
+
+FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def load_file_records(path: str, source: str, mapping: HubMapping) -> list[Record]:
+    """Records of one JSONL, JSON, CSV or parquet file mapped by ``mapping`` (its ``split`` unused),
+    ids ``<source>/<id column>``; ``meta`` holds ``problem`` and ``file``.
+
+    Raises:
+        FileNotFoundError: naming the file if it does not exist.
+        ValueError: for a suffix other than .jsonl/.json/.csv/.parquet.
+        DataError: naming the file, the 1-based row and the column, for a bad value.
+    """
+    import datasets
+    from pathlib import Path
+
+    suffix = Path(path).suffix.lower()
+    if suffix not in FILE_FORMATS:
+        raise ValueError(f"{path}: unsupported benchmark file type {suffix!r}; use one of {sorted(FILE_FORMATS)}")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: benchmark file not found (source {source!r})")
+    dataset = datasets.load_dataset(FILE_FORMATS[suffix], data_files=str(path), split="train")
+    return _records(dataset, str(path), source, mapping, {"file": str(path)})
+
+
+def _records(dataset, where: str, source: str, mapping: HubMapping, extra_meta: dict) -> list[Record]:
     records = []
     for number, data in enumerate(dataset, start=1):
         row = Row(data, where, number, "row")
@@ -108,7 +135,7 @@ def load_hub_records(path_or_id: str, source: str, mapping: HubMapping) -> list[
                 verifier=mapping.verifier,
                 reference=_reference(row, mapping),
                 source=source,
-                meta={"problem": problem.strip(), "hub": path_or_id},
+                meta={"problem": problem.strip(), **extra_meta},
             )
         )
     seen: set[str] = set()

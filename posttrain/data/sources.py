@@ -87,7 +87,10 @@ def register_source(name: str, *, files: tuple[str, ...] | list[str], split: Spl
 
 def _import_builtin_sources() -> None:
     # Imported here, not at module top: the source modules import this one to register.
-    from posttrain.data import sources_code, sources_instruct, sources_math, sources_stem, synthetic  # noqa: F401
+    from posttrain.data import sources_code, sources_instruct, sources_lcb, sources_math, sources_stem, synthetic  # noqa: F401
+    from posttrain.data.user_benchmarks import register_from_environment
+
+    register_from_environment()  # benchmarks users add in $POSTTRAIN_BENCHMARKS
 
 
 def get_source(name: str) -> SourceSpec:

@@ -84,3 +84,40 @@ def mmlu_pro_stem(data_root: Path) -> list[Record]:
                                      choices, row.text("answer").strip(), row, "answer",
                                      category=row.get("category"), src=row.get("src")))
     return records
+
+
+GPQA_FILE = "benchmarks/gpqa_diamond.csv"
+GPQA_HOW = ("GPQA-Diamond is not shipped: its authors ask that it not be redistributed in plain text. Download "
+            "the GPQA release (https://github.com/idavidrein/gpqa, dataset.zip, password in its README), and copy "
+            "gpqa_diamond.csv (columns 'Question', 'Correct Answer', 'Incorrect Answer 1'-'3', 'Record ID') to "
+            f"<data root>/{GPQA_FILE}.")
+
+
+@register_source("gpqa_diamond", files=[GPQA_FILE], split="eval")
+def gpqa_diamond(data_root: Path) -> list[Record]:
+    """GPQA-Diamond (198 graduate-level science questions), from a file the user supplies.
+
+    The four options are ordered by a hash of the record id and option text, so the correct
+    answer's letter varies and is the same on every machine.
+
+    Raises:
+        UserFileMissing: saying where to get the file and where to put it.
+    """
+    import hashlib
+
+    from posttrain.data.errors import UserFileMissing
+    from posttrain.data.readers import read_csv
+
+    path = data_root / GPQA_FILE
+    if not path.is_file():
+        raise UserFileMissing(str(path), GPQA_HOW)
+    records = []
+    for row in read_csv(path):
+        key = row.text("Record ID")
+        texts = [row.text("Correct Answer")] + [row.text(f"Incorrect Answer {i}") for i in (1, 2, 3)]
+        order = sorted(texts, key=lambda t: hashlib.sha256(f"{key}:{t}".encode()).hexdigest())
+        choices = [Choice(label=_LETTERS[i], text=t.strip()) for i, t in enumerate(order)]
+        answer = _LETTERS[order.index(texts[0])]
+        records.append(choice_record("gpqa_diamond", key, row.text("Question"), choices, answer, row, "Correct Answer",
+                                     subdomain=row.data.get("High-level domain")))
+    return records

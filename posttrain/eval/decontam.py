@@ -157,8 +157,10 @@ def check_recipe(recipe, data_root: str | None, store) -> dict:
     """Decontaminate a recipe's training sources against the benchmarks (design.md §1.6).
 
     Each training source is loaded whole (no ``limit``; its ``data_root``, ``mapping`` and
-    ``where`` kept) and scored with :func:`find_contamination`. The report is stored once per
-    content key (sources, benchmarks, settings) at ``decontamination/<key>.json`` and reused.
+    ``where`` kept) and scored with :func:`find_contamination`. User-supplied benchmarks that
+    were not supplied (GPQA-Diamond) are left out unless ``benchmarks`` names them. The report
+    is stored once per content key (sources, benchmarks compared, settings) at
+    ``decontamination/<key>.json`` and reused.
 
     Returns:
         ``{"key", "uri", "action", "dropped": {source: [record ids]}, "pairs": [rows],
@@ -171,12 +173,20 @@ def check_recipe(recipe, data_root: str | None, store) -> dict:
 
     from posttrain.config import config_hash
     from posttrain.data import load_mixture
+    from posttrain.data.errors import UserFileMissing
 
     cfg = recipe.decontamination
     sources: dict[str, dict] = {}
     for spec in training_specs(recipe):
         sources.setdefault(spec.source, spec.model_dump(mode="json", exclude={"limit"}))
-    benchmarks = benchmark_names(cfg)
+    evaluation = {}
+    for name in benchmark_names(cfg):
+        try:
+            evaluation[name] = load_mixture([{"source": name}], data_root)
+        except UserFileMissing:  # a user-supplied benchmark nobody supplied: nothing to compare with
+            if cfg.benchmarks is not None:
+                raise
+    benchmarks = sorted(evaluation)
     settings = {"ngram": cfg.ngram, "threshold": cfg.threshold, "template_min_docs": cfg.template_min_docs,
                 "min_ngrams": cfg.min_ngrams}
     key = config_hash({"sources": sources, "benchmarks": benchmarks, "settings": settings,
@@ -186,7 +196,6 @@ def check_recipe(recipe, data_root: str | None, store) -> dict:
         report = store.get_json(rel)
     else:
         training = {name: load_mixture([spec], data_root) for name, spec in sources.items()}
-        evaluation = {name: load_mixture([{"source": name}], data_root) for name in benchmarks}
         found = find_contamination(training, evaluation, cfg.ngram, cfg.threshold, cfg.template_min_docs,
                                    cfg.min_ngrams)
         dropped: dict[str, list[str]] = {}
