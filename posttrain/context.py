@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from posttrain.config import Recipe
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,10 +53,7 @@ class StageContext:
         if self.exclude_ids:
             kept = [r for r in records if r.id not in self.exclude_ids]
             if len(kept) < len(records):
-                import logging
-
-                logging.getLogger(__name__).info("%s: %d records dropped by decontamination", self.stage,
-                                                 len(records) - len(kept))
+                log.info("%s: %d records dropped by decontamination", self.stage, len(records) - len(kept))
             records = kept
         return records
 

@@ -235,7 +235,8 @@ def run_distill_stage(ctx: StageContext, cfg: DistillStage) -> dict:
     """Sample the RL specialists, keep verified traces, select the NLL band, SFT the student.
 
     ``ctx.inputs`` holds ``model`` (the student: the model entering the stage) and one folder per
-    specialist stage named in ``cfg.specialists``. Writes ``distill_report.json`` and
+    specialist stage named in ``cfg.specialists`` (the pipeline always fetches them; a direct call
+    without one samples that domain from the student). Writes ``distill_report.json`` and
     ``traces.jsonl`` (the kept traces with tokens, NLL and specialist). When nothing is kept the
     student passes through unchanged: a result, not an error.
     """

@@ -54,8 +54,8 @@ def judge_reward(client, rubric: str, max_tokens: int = 16):
     from posttrain.teacher import TeacherError
 
     def reward(prompts: list, completions: list, **_: Any) -> list[float | None]:
-        chats = [[{"role": "user", "content": rubric.format(prompt=completion_text(p) if isinstance(p, str)
-                                                             else p[-1]["content"], response=completion_text(c))}]
+        chats = [[{"role": "user", "content": rubric.format(prompt=p if isinstance(p, str) else p[-1]["content"],
+                                                             response=completion_text(c))}]
                  for p, c in zip(prompts, completions)]
         replies = client.sample_many(chats, 1, temperature=0.0, top_p=1.0, max_tokens=max_tokens,
                                      return_exceptions=True)

@@ -34,6 +34,15 @@ def _summary_markdown(record: StageRecord) -> str:
             f"- MLflow run: `{record.mlflow_run_id}`\n- seconds: {record.seconds:.1f}\n\n| field | value |\n|---|---|\n{rows}\n")
 
 
+# Summary fields that become Prefect table artifacts: (field, artifact key, description).
+SUMMARY_TABLES = [
+    ("probe_table", "{stage}-probe-matrix", "{stage}: checkpoint x subdomain pass@k, and the best per subdomain"),
+    ("distill_table", "distill-selection", "distill: traces sampled, verified, and kept per domain and length bucket"),
+    ("selection_table", "{stage}-hard-subset", "{stage}: traces kept and dropped per domain by the hard-subset selection"),
+    ("rollouts", "{stage}-rollouts", "{stage}: sample rollouts of the held-out evaluations (prompt, completion, reward)"),
+]
+
+
 @task(name="stage", log_prints=False, persist_result=True, result_storage=RESULTS, cache_key_fn=stage_cache_key,
       retries=0)
 def stage_task(stage: str, plan: RunPlan, upstream: StageRecord | None) -> StageRecord:
@@ -43,7 +52,8 @@ def stage_task(stage: str, plan: RunPlan, upstream: StageRecord | None) -> Stage
     tracker = Tracker(plan.tracking_run_id) if plan.tracking_run_id else None
     record = run_stage(stage, plan.recipe, plan.stage_keys[stage], upstream, plan.store(), tracker,
                        force=stage in plan.force, data_root=plan.data_root, input_keys=plan.stage_keys)
-    create_markdown_artifact(key=f"{stage.replace('_', '-')}-summary", markdown=_summary_markdown(record),
+    slug = stage.replace("_", "-")
+    create_markdown_artifact(key=f"{slug}-summary", markdown=_summary_markdown(record),
                              description=f"{stage} output and summary")
     table = record.summary.get("table")
     if table:
@@ -51,22 +61,10 @@ def stage_task(stage: str, plan: RunPlan, upstream: StageRecord | None) -> Stage
 
         create_table_artifact(key="eval-table", table=table_rows(table),
                               description="avg@k / pass@k / maj@k per benchmark, beside VibeThinker-3B's pass@1")
-    probe_table = record.summary.get("probe_table")
-    if probe_table:
-        create_table_artifact(key=f"{stage.replace('_', '-')}-probe-matrix", table=probe_table,
-                              description=f"{stage}: checkpoint x subdomain pass@k, and the best per subdomain")
-    distill = record.summary.get("distill_table")
-    if distill:
-        create_table_artifact(key="distill-selection", table=distill,
-                              description="distill: traces sampled, verified, and kept per domain and length bucket")
-    selection = record.summary.get("selection_table")
-    if selection:
-        create_table_artifact(key=f"{stage.replace('_', '-')}-hard-subset", table=selection,
-                              description=f"{stage}: traces kept and dropped per domain by the hard-subset selection")
-    rollouts = record.summary.get("rollouts")
-    if rollouts:
-        create_table_artifact(key=f"{stage.replace('_', '-')}-rollouts", table=rollouts,
-                              description=f"{stage}: sample rollouts of the held-out evaluations (prompt, completion, reward)")
+    for field, key, description in SUMMARY_TABLES:
+        if record.summary.get(field):
+            create_table_artifact(key=key.format(stage=slug), table=record.summary[field],
+                                  description=description.format(stage=stage))
     return record
 
 

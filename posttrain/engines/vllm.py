@@ -50,7 +50,7 @@ class VLLMEngine:
         seed = params.seed if self.on_gpu else None
         # greedy decoding (temperature 0) gives one sequence: vLLM takes n = 1 and we repeat it
         greedy = params.temperature <= 0
-        sampling = VSampling(n=1 if greedy else params.n, temperature=max(0.0, params.temperature),
+        sampling = VSampling(n=1 if greedy else params.n, temperature=0.0 if greedy else params.temperature,
                              top_p=1.0 if greedy else params.top_p, top_k=params.top_k,
                              max_tokens=params.max_new_tokens, seed=seed)
         outputs = self.llm.generate(texts, sampling, use_tqdm=False)
