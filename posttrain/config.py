@@ -12,15 +12,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from posttrain.config_ops import LaunchSpec, NightlySpec, PromotionSpec, RetentionSpec, Strict  # noqa: F401
 from posttrain.data.loading import MixtureSpec
 
 Engine = Literal["hf", "vllm"]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class TinyModel(Strict):
@@ -426,6 +423,21 @@ class Recipe(Strict):
     instruct_rl: InstructRLStage
     evaluate: EvalStage
     decontamination: DecontamSpec = Field(default_factory=DecontamSpec)
+    launch: LaunchSpec = Field(default_factory=LaunchSpec)
+    placement: dict[str, str] = Field(default_factory=dict, description="stage -> work pool: the stage runs as "
+                                      "its own flow run of deployment stage/<pool>; unlisted stages run in-process")
+    nightly: NightlySpec = Field(default_factory=NightlySpec)
+
+    @field_validator("placement")
+    @classmethod
+    def _placement_names_stages(cls, placement: dict[str, str]) -> dict[str, str]:
+        not_stages = {"name", "seed", "data_root", "experiment", "model", "decontamination", "launch", "placement",
+                      "nightly"}
+        stages = ["prepare_model"] + [n for n in cls.model_fields if n not in not_stages]
+        unknown = sorted(set(placement) - set(stages))
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}; stages are {stages}")
+        return placement
 
 
 class RecipeError(ValueError):

@@ -184,6 +184,8 @@ def stage_key(stage: str, recipe: Recipe, upstream_key: str | None, version: str
                "seed": recipe.seed, "data_root": recipe.data_root, "upstream": upstream_key, "code": version}
     if stage in TRAINING_STAGES:  # what decontamination drops is part of a training stage's data
         payload["decontamination"] = recipe.decontamination.model_dump(mode="json")
+        if recipe.launch.num_processes > 1:  # the global batch depends on the number of processes
+            payload["processes"] = recipe.launch.num_processes
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
