@@ -8,7 +8,7 @@ export TOKENIZERS_PARALLELISM := false
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: setup run test test-fast clean
+.PHONY: setup run test test-fast serve stop clean
 
 setup: $(STAMP)
 
@@ -33,5 +33,12 @@ test: setup
 test-fast: setup
 	.venv/bin/pytest -q tests -m "not slow"
 
+# Prefect server, MLflow server, the cpu pool, the deployments and a worker on this machine (infra/README.md)
+serve: setup
+	bash infra/serve.sh
+
+stop:
+	bash infra/stop.sh
+
 clean:
-	rm -rf artifacts mlruns.db mlruns .cache
+	rm -rf artifacts mlruns.db mlruns .cache .serve

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from posttrain.config import load_recipe
+from posttrain.config import Recipe, apply_overrides, load_recipe, validate_recipe
 from posttrain.plan import make_plan
-from tasks.stages import decontamination_task, for_stage, record_run, resolve_upstream
+from tasks.stages import decontamination_task, dispatch, record_run, resolve_upstream
 
 
 @flow(name="post-training", log_prints=True)
-def post_training(recipe_path: str = "recipes/tiny-cpu.yaml", overrides: list[str] | None = None,
-                  only: list[str] | None = None, force: list[str] | None = None, start_model: str | None = None,
-                  artifacts: str | None = None) -> dict:
+def post_training(recipe_path: str = "recipes/tiny-cpu.yaml", recipe: Recipe | None = None,
+                  overrides: list[str] | None = None, only: list[str] | None = None, force: list[str] | None = None,
+                  start_model: str | None = None, artifacts: str | None = None) -> dict:
     """Run the stages of a recipe (all, or ``only`` those), reusing every stage already published.
 
+    ``recipe`` (the recipe itself, validated field by field: the Prefect UI shows it as a form)
+    replaces the file at ``recipe_path``; ``overrides`` (``key.path=value``) apply to either.
     ``start_model`` (a checkpoint folder) replaces the model the first selected stage starts from.
+    A stage listed in the recipe's ``placement`` runs as a flow run on that work pool.
     Returns ``{run, mlflow_run_id, stages: {stage: record}}``.
     """
     from posttrain.pipeline import TRAINING_STAGES
@@ -23,7 +26,11 @@ def post_training(recipe_path: str = "recipes/tiny-cpu.yaml", overrides: list[st
     from posttrain.tracking import Tracker
 
     logger = get_run_logger()
-    recipe = load_recipe(recipe_path, overrides)
+    if recipe is not None:
+        recipe_path = "<parameter>"
+        recipe = validate_recipe(apply_overrides(recipe.model_dump(mode="json"), overrides), recipe_path)
+    else:
+        recipe = load_recipe(recipe_path, overrides)
     stages = only or PIPELINE
     start = None
     if start_model:
@@ -41,10 +48,7 @@ def post_training(recipe_path: str = "recipes/tiny-cpu.yaml", overrides: list[st
         if recipe.decontamination.action != "skip" and any(s in TRAINING_STAGES for s in plan.stages):
             decontamination_task(plan)
         for stage in plan.stages:
-            state = for_stage(stage, plan)(stage, plan, upstream, return_state=True)
-            record = state.result()
-            if state.name == "Cached":
-                record = record.model_copy(update={"cached": True, "seconds": 0.0})
+            record = dispatch(stage, plan, upstream)
             logger.info("%s: %s (%s)", stage, "cached" if record.cached else f"{record.seconds:.0f} s", record.uri)
             records.append(record)
             if stage != "evaluate":

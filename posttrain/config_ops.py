@@ -16,10 +16,14 @@ class LaunchSpec(Strict):
     """How training stages (SFT, RL phases, distillation SFT) start their trainer, and how vLLM
     spreads a model over GPUs.
 
-    With one process in all (``num_processes * num_machines == 1``) the trainer runs inside the
-    stage's own process. Above that the stage starts ``accelerate launch`` as a subprocess with
+    With one process in all (``num_processes == 1``) the trainer runs inside the stage's own
+    process. Above that the stage starts ``accelerate launch`` as a subprocess with
     ``config_file`` (``infra/accelerate/zero3.yaml``, ``fsdp.yaml``; None: plain DDP) and waits
-    for it; every rank runs the same training function and rank 0 saves the model.
+    for it; every rank runs the same training function, rank 0 saves the model, logs to the
+    stage's MLflow run and mirrors checkpoints to its store (``posttrain.launch``). ``cpu`` runs
+    the processes on CPU with gloo, each with cores / processes OpenMP threads.
+    ``tensor_parallel_size`` reaches the vLLM engines of the SFT, RL and distillation stages'
+    sampling (teacher traces, hard subset, probing, prompt filter, specialists).
     """
 
     num_processes: int = Field(default=1, ge=1, description="processes in all (GPUs across every machine)")
@@ -49,6 +53,8 @@ class RetentionSpec(Strict):
 
     keep_candidates: int = Field(default=3, ge=0)
     dry_run: bool = True
+    min_age_hours: float = Field(default=24, ge=0, description="never delete what changed more recently "
+                                 "(a pipeline running meanwhile may be using it)")
 
 
 class NightlySpec(Strict):

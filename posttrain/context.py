@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from posttrain.config import Recipe
 
@@ -30,6 +30,7 @@ class StageContext:
     data_root: str | None = None
     checkpoints: Any = None  # posttrain.checkpoints.RemoteCheckpoints: resume points in the store
     exclude_ids: frozenset[str] = frozenset()  # training records that overlap a benchmark (decontamination)
+    progress: Callable[[float], None] | None = None  # told the fraction of training steps done (0..1)
 
     @property
     def seed(self) -> int:
@@ -62,9 +63,10 @@ class StageContext:
             self.tracker.log_metrics(metrics, step)
 
     def callbacks(self) -> list:
-        """Trainer callbacks that stream per-step metrics to MLflow."""
-        if self.tracker is None:
-            return []
-        from posttrain.tracking import trainer_callback
+        """Trainer callbacks that stream per-step metrics to MLflow and report progress."""
+        from posttrain.tracking import progress_callback, trainer_callback
 
-        return [trainer_callback(self.tracker, self.stage)]
+        callbacks = [trainer_callback(self.tracker, self.stage)] if self.tracker is not None else []
+        if self.progress is not None:
+            callbacks.append(progress_callback(self.progress))
+        return callbacks

@@ -177,8 +177,9 @@ def code_version() -> str:
     return "-".join(t[:12] for t in trees) + suffix
 
 
-def stage_key(stage: str, recipe: Recipe, upstream_key: str | None, version: str) -> str:
-    """sha256 of (stage, its resolved config, the recipe seed and data root, the upstream key, code version)."""
+def stage_key(stage: str, recipe: Recipe, upstream_key: str | None, version: str, data: str | None = None) -> str:
+    """sha256 of (stage, its resolved config, the recipe seed and data root, the upstream key, code
+    version, and ``data``: the content hash of the stage's data sources, ``snapshot.stage_data_hashes``)."""
     cfg = STAGES[stage].config(recipe)
     payload = {"stage": stage, "config": cfg.model_dump(mode="json") if isinstance(cfg, BaseModel) else cfg,
                "seed": recipe.seed, "data_root": recipe.data_root, "upstream": upstream_key, "code": version}
@@ -186,6 +187,8 @@ def stage_key(stage: str, recipe: Recipe, upstream_key: str | None, version: str
         payload["decontamination"] = recipe.decontamination.model_dump(mode="json")
         if recipe.launch.num_processes > 1:  # the global batch depends on the number of processes
             payload["processes"] = recipe.launch.num_processes
+    if data is not None:
+        payload["data"] = data
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -201,10 +204,11 @@ def cached_record(store: ArtifactStore, stage: str, key: str) -> StageRecord | N
 
 def run_stage(stage: str, recipe: Recipe, key: str, upstream: StageRecord | None, store: ArtifactStore,
               parent_tracker=None, force: bool = False, data_root: str | None = None,
-              input_keys: dict[str, str] | None = None) -> StageRecord:
+              input_keys: dict[str, str] | None = None, progress: Callable[[float], None] | None = None) -> StageRecord:
     """Run ``stage`` unless its output with ``key`` is already published; return its record.
 
-    ``input_keys`` maps the extra input stages of ``STAGES[stage].inputs`` to their keys.
+    ``input_keys`` maps the extra input stages of ``STAGES[stage].inputs`` to their keys;
+    ``progress`` is told the fraction of training steps done (0..1) while the stage trains.
 
     A file lock makes a second run with the same key wait for the first and then reuse its
     output. With ``force`` the stage is recomputed and republished under the same key.
@@ -215,7 +219,8 @@ def run_stage(stage: str, recipe: Recipe, key: str, upstream: StageRecord | None
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not force and (hit := cached_record(store, stage, key)):
             return hit
-        return _compute(stage, recipe, key, upstream, store, parent_tracker, data_root, force, input_keys or {})
+        return _compute(stage, recipe, key, upstream, store, parent_tracker, data_root, force, input_keys or {},
+                        progress)
 
 
 def _fetch_inputs(stage: str, recipe: Recipe, upstream: StageRecord | None, store: ArtifactStore,
@@ -239,7 +244,7 @@ def _fetch_inputs(stage: str, recipe: Recipe, upstream: StageRecord | None, stor
 
 
 def _compute(stage, recipe, key, upstream, store, parent_tracker, data_root, force=False,
-             input_keys=None) -> StageRecord:
+             input_keys=None, progress=None) -> StageRecord:
     from posttrain.tracking import flatten
 
     definition = STAGES[stage]
@@ -258,7 +263,7 @@ def _compute(stage, recipe, key, upstream, store, parent_tracker, data_root, for
     if force:  # recompute from scratch, not from an earlier attempt's checkpoints
         checkpoints.clear()
     ctx = StageContext(stage=stage, recipe=recipe, out_dir=work, inputs=inputs, tracker=tracker,
-                       data_root=data_root, checkpoints=checkpoints, exclude_ids=exclude)
+                       data_root=data_root, checkpoints=checkpoints, exclude_ids=exclude, progress=progress)
     start = time.monotonic()
     log.info("%s: running (key %s)", stage, key)
     try:

@@ -51,17 +51,32 @@ def make_plan(recipe: Recipe, recipe_path: str, stages: list[str], artifacts: st
         raise ValueError(f"unknown or no stage(s) {unknown}; stages are {PIPELINE}")
     stages = [s for s in PIPELINE if s in stages]
     version = code_version()
+    data = _data_hashes(recipe)
     keys: dict[str, str] = {}
     upstream = None
     for stage in PIPELINE:
         if start_model is not None and stage == stages[0]:
             upstream = start_model.key
-        keys[stage] = stage_key(stage, recipe, upstream, version)
+        keys[stage] = stage_key(stage, recipe, upstream, version, data.get(stage))
         if stage != "evaluate":
             upstream = keys[stage]
     return RunPlan(recipe=recipe, recipe_path=str(recipe_path), artifacts=artifacts or default_root(),
                    data_root=resolve_data_root(recipe.data_root), code_version=version, stage_keys=keys,
                    stages=stages, force=force or [], start_model=start_model.model_dump_json() if start_model else None)
+
+
+def _data_hashes(recipe: Recipe) -> dict[str, str]:
+    """Content hashes of each stage's data sources; none for a hub dataset named by id (its
+    stages are then keyed by the source names only)."""
+    import logging
+
+    from posttrain.snapshot import stage_data_hashes
+
+    try:
+        return stage_data_hashes(recipe)
+    except ValueError as e:
+        logging.getLogger(__name__).warning("stage keys without data content hashes: %s", e)
+        return {}
 
 
 def previous_stage(stage: str) -> str | None:

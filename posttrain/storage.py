@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -41,6 +42,15 @@ def default_root() -> str:
 def local_cache_dir() -> Path:
     """Where S3 objects are downloaded to (``POSTTRAIN_CACHE`` or ``./.cache/posttrain``)."""
     return Path(os.environ.get("POSTTRAIN_CACHE", ".cache/posttrain")).resolve()
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One stored file: its path relative to the root, size in bytes, last modified (epoch seconds)."""
+
+    rel: str
+    size: int
+    modified: float
 
 
 class ArtifactStore:
@@ -73,6 +83,10 @@ class ArtifactStore:
         raise NotImplementedError
 
     def delete(self, rel: str) -> None:
+        raise NotImplementedError
+
+    def list_info(self, prefix: str) -> list[ObjectInfo]:
+        """Every file under ``prefix`` with its size and modification time, sorted by path."""
         raise NotImplementedError
 
     def uri(self, rel: str) -> str:
@@ -174,6 +188,16 @@ class LocalStore(ArtifactStore):
             return []
         return sorted(p.relative_to(self.base).as_posix() for p in base.rglob("*") if p.is_file())
 
+    def list_info(self, prefix: str) -> list[ObjectInfo]:
+        infos = []
+        for rel in self.list(prefix):
+            try:
+                st = self._path(rel).stat()
+            except FileNotFoundError:  # removed since it was listed
+                continue
+            infos.append(ObjectInfo(rel, st.st_size, st.st_mtime))
+        return infos
+
     def delete(self, rel: str) -> None:
         """Remove ``rel`` and the folders it leaves empty (as on S3, where folders are only prefixes)."""
         path = self._path(rel)
@@ -232,15 +256,23 @@ class S3Store(ArtifactStore):
                 return False
             raise StorageError(f"cannot reach {self.uri(rel)}: {e}") from e
 
-    def _iter_keys(self, prefix: str) -> Iterator[str]:
+    def _iter_objects(self, prefix: str) -> Iterator[dict]:
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
-            for obj in page.get("Contents", []):
-                yield obj["Key"]
+            yield from page.get("Contents", [])
+
+    def _iter_keys(self, prefix: str) -> Iterator[str]:
+        for obj in self._iter_objects(prefix):
+            yield obj["Key"]
 
     def list(self, prefix: str) -> list[str]:
         strip = len(self.prefix) + 1 if self.prefix else 0
         return sorted(k[strip:] for k in self._iter_keys(prefix))
+
+    def list_info(self, prefix: str) -> list[ObjectInfo]:
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        return sorted((ObjectInfo(o["Key"][strip:], int(o["Size"]), o["LastModified"].timestamp())
+                       for o in self._iter_objects(prefix)), key=lambda info: info.rel)
 
     def delete(self, rel: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(rel))

@@ -107,3 +107,33 @@ def trainer_callback(tracker: Tracker, stage: str):
                 tracker.log_metrics({metric_key("train", stage, k): v for k, v in logs.items()}, step=state.global_step)
 
     return _MlflowStepCallback()
+
+
+def progress_callback(report, every_seconds: float = 5.0):
+    """A ``transformers.TrainerCallback`` that calls ``report(global_step / max_steps)`` (0..1) at
+    most every ``every_seconds`` and at the last step (a Prefect progress artifact, say)."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class _ProgressCallback(TrainerCallback):
+        last = 0.0
+
+        def on_step_end(self, args, state, control, **kwargs):
+            now = time.monotonic()
+            if state.max_steps and (now - self.last >= every_seconds or state.global_step >= state.max_steps):
+                self.last = now
+                report(min(1.0, state.global_step / state.max_steps))
+
+    return _ProgressCallback()
+
+
+def run_url(run_id: str, uri: str | None = None) -> str | None:
+    """The MLflow UI address of a run when tracking goes to a server (``http(s)://``), else None."""
+    uri = uri or tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return None
+    from mlflow.tracking import MlflowClient
+
+    experiment_id = MlflowClient(tracking_uri=uri).get_run(run_id).info.experiment_id
+    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"

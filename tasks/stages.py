@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+import time
 
-from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect import get_run_logger, task
+from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
+                               update_progress_artifact)
 
 from posttrain.pipeline import StageRecord, cached_record, run_stage
 from posttrain.plan import RunPlan
-
-RESULTS = Path(".cache/prefect-results").resolve()
+from tasks.results import result_storage
 
 
 def stage_cache_key(context, parameters: dict) -> str | None:
@@ -29,9 +29,14 @@ def stage_cache_key(context, parameters: dict) -> str | None:
 
 
 def _summary_markdown(record: StageRecord) -> str:
+    from posttrain.tracking import run_url
+
     rows = "\n".join(f"| {k} | {v} |" for k, v in record.summary.items() if not isinstance(v, (dict, list)))
+    mlflow = f"`{record.mlflow_run_id}`"
+    if record.mlflow_run_id and (url := run_url(record.mlflow_run_id)):
+        mlflow = f"[{record.mlflow_run_id}]({url})"
     return (f"### {record.stage}\n\n- output: `{record.uri}`\n- key: `{record.key}`\n"
-            f"- MLflow run: `{record.mlflow_run_id}`\n- seconds: {record.seconds:.1f}\n\n| field | value |\n|---|---|\n{rows}\n")
+            f"- MLflow run: {mlflow}\n- seconds: {record.seconds:.1f}\n\n| field | value |\n|---|---|\n{rows}\n")
 
 
 # Summary fields that become Prefect table artifacts: (field, artifact key, description).
@@ -43,16 +48,24 @@ SUMMARY_TABLES = [
 ]
 
 
-@task(name="stage", log_prints=False, persist_result=True, result_storage=RESULTS, cache_key_fn=stage_cache_key,
-      retries=0)
+@task(name="stage", log_prints=False, persist_result=True, cache_key_fn=stage_cache_key, retries=0)
 def stage_task(stage: str, plan: RunPlan, upstream: StageRecord | None) -> StageRecord:
-    """Run one stage of ``plan`` (or reuse its published output) and attach its summary as an artifact."""
+    """Run one stage of ``plan`` (or reuse its published output) and attach its summary as an
+    artifact; a progress artifact follows its training steps."""
     from posttrain.tracking import Tracker
 
-    tracker = Tracker(plan.tracking_run_id) if plan.tracking_run_id else None
-    record = run_stage(stage, plan.recipe, plan.stage_keys[stage], upstream, plan.store(), tracker,
-                       force=stage in plan.force, data_root=plan.data_root, input_keys=plan.stage_keys)
     slug = stage.replace("_", "-")
+    tracker = Tracker(plan.tracking_run_id) if plan.tracking_run_id else None
+    progress_id = create_progress_artifact(progress=0.0, key=f"{slug}-progress",
+                                           description=f"{stage}: training steps done (%)")
+
+    def progress(fraction: float) -> None:
+        update_progress_artifact(progress_id, progress=round(100 * fraction, 1))
+
+    record = run_stage(stage, plan.recipe, plan.stage_keys[stage], upstream, plan.store(), tracker,
+                       force=stage in plan.force, data_root=plan.data_root, input_keys=plan.stage_keys,
+                       progress=progress)
+    progress(1.0)
     create_markdown_artifact(key=f"{slug}-summary", markdown=_summary_markdown(record),
                              description=f"{stage} output and summary")
     table = record.summary.get("table")
@@ -91,8 +104,53 @@ def decontamination_task(plan: RunPlan) -> dict:
 
 
 def for_stage(stage: str, plan: RunPlan):
-    """``stage_task`` named after ``stage`` (so the Prefect UI shows stage names), refreshing its cache under --force."""
-    return stage_task.with_options(name=stage, task_run_name=stage, refresh_cache=stage in plan.force)
+    """``stage_task`` named after ``stage`` (so the Prefect UI shows stage names), its results and
+    cache records in the run's artifact store, refreshing its cache under --force."""
+    return stage_task.with_options(name=stage, task_run_name=stage, refresh_cache=stage in plan.force,
+                                   result_storage=result_storage(plan.artifacts))
+
+
+def run_stage_here(stage: str, plan: RunPlan, upstream: StageRecord | None) -> StageRecord:
+    """Run ``stage`` as a task of the current flow run; a cache hit comes back marked ``cached``."""
+    state = for_stage(stage, plan)(stage, plan, upstream, return_state=True)
+    record = state.result()
+    if state.name == "Cached":
+        record = record.model_copy(update={"cached": True, "seconds": 0.0})
+    return record
+
+
+def dispatch(stage: str, plan: RunPlan, upstream: StageRecord | None) -> StageRecord:
+    """Run ``stage`` where the recipe places it: in this flow run, or, for a stage listed in
+    ``placement``, as a flow run of deployment ``stage/<pool>`` on that work pool (a GPU pool's
+    worker, say). Only references cross: the plan and the upstream record go as parameters, and
+    the output's record is read back from the artifact store (design.md §2).
+
+    Raises:
+        RuntimeError: if the placed flow run does not complete, naming it and its state.
+    """
+    pool = plan.recipe.placement.get(stage)
+    if pool is None:
+        return run_stage_here(stage, plan, upstream)
+    if stage not in plan.force and (hit := cached_record(plan.store(), stage, plan.stage_keys[stage])):
+        return hit.model_copy(update={"seconds": 0.0})  # published already: no flow run to start
+    from prefect.deployments import run_deployment
+
+    logger = get_run_logger()
+    name = f"stage/{pool}"
+    logger.info("%s: placed on work pool %s (deployment %s)", stage, pool, name)
+    start = time.monotonic()
+    flow_run = run_deployment(name, parameters={"stage": stage, "plan": plan.model_dump(mode="json"),
+                                                "upstream": upstream.model_dump(mode="json") if upstream else None},
+                              flow_run_name=f"{stage}-{plan.run_id}", timeout=None, as_subflow=True)
+    if flow_run.state is None or not flow_run.state.is_completed():
+        raise RuntimeError(f"{stage}: flow run {flow_run.name} ({flow_run.id}) of deployment {name} ended "
+                           f"{flow_run.state.name if flow_run.state else 'without a state'}")
+    record = cached_record(plan.store(), stage, plan.stage_keys[stage])
+    if record is None:
+        raise RuntimeError(f"{stage}: flow run {flow_run.name} completed but published no output under key "
+                           f"{plan.stage_keys[stage]} in {plan.artifacts}")
+    manifest = plan.store().stage_manifest(stage, plan.stage_keys[stage])
+    return record.model_copy(update={"cached": False, "seconds": manifest.get("seconds", time.monotonic() - start)})
 
 
 @task(name="resolve-upstream")

@@ -119,3 +119,43 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` (sqlite backend, artifacts served from a temporary folder) on a free
+    loopback port, in its own process; yields its URL. Healthy after about 20 s here."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    tmp = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    exe = Path(sys.executable).with_name("mlflow")
+    log = open(tmp / "server.log", "wb")
+    proc = subprocess.Popen([str(exe), "server", "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}",
+                             "--artifacts-destination", str(tmp / "artifacts"), "--serve-artifacts",
+                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=tmp, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError(f"mlflow server did not start; log: {(tmp / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+    yield url
+    import signal
+
+    os.killpg(proc.pid, signal.SIGTERM)  # the server's own group: uvicorn runs worker processes
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    log.close()

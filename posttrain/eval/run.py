@@ -90,7 +90,8 @@ def benchmark_part(engine, spec: BenchmarkSpec, sampling, data_root: str | None,
     """Sample and grade shard ``i`` of ``n`` of a benchmark's problems (every n-th, from the i-th).
 
     Samples go to ``out_dir/samples/<name>.jsonl`` (or ``<name>.shard-<i>-of-<n>.jsonl``):
-    prompt, completion, parsed answer, verdict, tokens. Returns the raw, JSON-able part that
+    prompt, completion, parsed answer, verdict, tokens; per-problem scores to ``out_dir/problems/``
+    under the same name (:func:`write_problem_scores`). Returns the raw, JSON-able part that
     :func:`summarise_parts` merges: ``{"ids", "correct" [problems][k], "answers", "tokens",
     "seconds", "k", "seed", "instruct" (verdict details of instruction benchmarks, else None)}``.
     """
@@ -118,10 +119,27 @@ def benchmark_part(engine, spec: BenchmarkSpec, sampling, data_root: str | None,
                                     "tokens": c.num_tokens, "finish_reason": c.finish_reason}) + "\n")
             correct.append(row_c)
             answers.append(row_a)
+    write_problem_scores(out_dir / "problems" / path.name, records, verdict_groups)
     instruct = ([v.details for group in verdict_groups for v in group]
                 if records and all(r.verifier == "instruct" for r in records) else None)
     return {"ids": [r.id for r in records], "correct": correct, "answers": answers, "tokens": tokens,
             "seconds": time.monotonic() - start, "k": k, "seed": seed, "instruct": instruct}
+
+
+def write_problem_scores(path: Path, records, verdict_groups) -> None:
+    """Write one JSON line per problem: ``{"id", "k", "correct", "avg", "score"}``.
+
+    ``correct`` counts the problem's k samples that passed, ``avg`` = correct / k (the problem's
+    term of avg@k), ``score`` the mean verifier score (partial credit) of the k samples. The
+    nightly promotion gate pairs these per problem (``posttrain.promotion.problem_scores``).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for record, verdicts in zip(records, verdict_groups):
+            k = len(verdicts)
+            passed = sum(bool(v.passed) for v in verdicts)
+            f.write(json.dumps({"id": record.id, "k": k, "correct": passed, "avg": passed / k if k else 0.0,
+                                "score": sum(float(v.score) for v in verdicts) / k if k else 0.0}) + "\n")
 
 
 def summarise_parts(parts: list[dict]) -> dict:
