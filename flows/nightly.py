@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.post_training import post_training
+from flows import post_training as pipeline
 from posttrain.config import Recipe
 from tasks.nightly import (champion_task, cleanup_task, gate_task, load_nightly_recipe, register_task,
                            save_snapshot_task, snapshot_task)
 
 
+# Named like the flow: `prefect deploy --name post-training/nightly` matches deployments by the
+# entrypoint's function name.
 @flow(name="post-training", flow_run_name="nightly-{recipe_path}", log_prints=True)
-def nightly(recipe_path: str = "recipes/tiny-cpu.yaml", recipe: Recipe | None = None,
+def post_training(recipe_path: str = "recipes/tiny-cpu.yaml", recipe: Recipe | None = None,
             overrides: list[str] | None = None, artifacts: str | None = None) -> dict:
     """Retrain on new data and promote the result only if it beats the champion.
 
@@ -37,7 +39,7 @@ def nightly(recipe_path: str = "recipes/tiny-cpu.yaml", recipe: Recipe | None = 
         return {"status": "no-new-data", "snapshot": snapshot["hash"]}
     champion = champion_task(recipe, artifacts)
     stages = PIPELINE[1:] if champion else PIPELINE
-    result = post_training(recipe_path=recipe_label, recipe=recipe, only=stages,
+    result = pipeline.post_training(recipe_path=recipe_label, recipe=recipe, only=stages,
                            start_model=champion["model"] if champion else None, artifacts=artifacts)
     candidate = register_task(recipe, result, snapshot["hash"])
     decision = gate_task(recipe, result, champion, candidate)
@@ -46,3 +48,6 @@ def nightly(recipe_path: str = "recipes/tiny-cpu.yaml", recipe: Recipe | None = 
     return {"status": "promoted" if decision["promote"] else "kept", "snapshot": snapshot["hash"],
             "candidate_version": candidate["version"], "promoted": decision["promote"],
             "decision": decision["reason"], "cleanup": cleanup}
+
+
+nightly = post_training

@@ -24,6 +24,7 @@ from typing import Sequence
 from posttrain.config import DistillSelection, DistillStage
 from posttrain.context import StageContext
 from posttrain.engines import SamplingParams, open_engine
+from posttrain.sinks import Sinks
 from posttrain.records import Record
 from posttrain.sft import train_sft
 from posttrain.verifiers.base import verify_groups
@@ -257,7 +258,8 @@ def run_distill_stage(ctx: StageContext, cfg: DistillStage) -> dict:
                "distill_table": report_table(counts, selection)}
     if kept:
         summary.update(train_sft([c.record.sft_pair(c.completion) for c in kept], ctx.model_in, ctx.model_out,
-                                 cfg.train, cfg.max_length, False, ctx.seed, ctx.callbacks()))
+                                 cfg.train, cfg.max_length, False, ctx.seed, Sinks(ctx).callbacks(),
+                                 launch=ctx.recipe.launch))
         summary["note"] = f"SFT on {len(kept)} of {len(candidates)} verified traces"
     else:
         shutil.copytree(ctx.model_in, ctx.model_out)

@@ -162,7 +162,12 @@ def code_version() -> str:
     hash of their uncommitted changes; the package version outside a git checkout.
 
     Edits to docs, tests or flows do not change it, so they do not invalidate cached stages.
+    ``POSTTRAIN_CODE_VERSION`` overrides it (an image built without ``.git`` sets it at build time).
     """
+    import os
+
+    if os.environ.get("POSTTRAIN_CODE_VERSION"):
+        return os.environ["POSTTRAIN_CODE_VERSION"]
     try:
         trees = _git("rev-parse", "HEAD:posttrain", "HEAD:pyproject.toml").split()
         dirty = _git("diff", "HEAD", "--", "posttrain", "pyproject.toml")
@@ -266,8 +271,11 @@ def _compute(stage, recipe, key, upstream, store, parent_tracker, data_root, for
                        data_root=data_root, checkpoints=checkpoints, exclude_ids=exclude, progress=progress)
     start = time.monotonic()
     log.info("%s: running (key %s)", stage, key)
+    from posttrain.engines import vllm_defaults
+
     try:
-        summary = definition.run(ctx, recipe)
+        with vllm_defaults(tensor_parallel_size=recipe.launch.tensor_parallel_size):
+            summary = definition.run(ctx, recipe)
     except BaseException:
         if tracker:
             tracker.end("FAILED")

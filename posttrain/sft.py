@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import Callable
 
 from posttrain.checkpoints import param_delta, save_model
-from posttrain.config import LoraSpec, SFTStage, TrainSpec
+from posttrain.config import LaunchSpec, LoraSpec, SFTStage, TrainSpec
 from posttrain.context import StageContext
+from posttrain.launch import launchable
+from posttrain.sinks import Sinks, build
 from posttrain.records import Record
 
 log = logging.getLogger(__name__)
@@ -42,17 +44,20 @@ def sft_pairs(records: list[Record]) -> list[dict]:
     return [r.sft_pair(r.reference.solution) for r in records if r.reference.solution]
 
 
+@launchable
 def train_sft(pairs: list[dict], model_dir: Path, out_dir: Path, train: TrainSpec, max_length: int,
               packing: bool, seed: int, callbacks: list, *, save_steps: int = 0,
               upload: Callable[[Path], None] | None = None, resume_from: Path | None = None,
-              lora: LoraSpec | None = None) -> dict:
+              lora: LoraSpec | None = None, launch: LaunchSpec | None = None) -> dict:
     """Fine-tune the model in ``model_dir`` on ``pairs`` and save it to ``out_dir``.
 
     ``pairs`` are TRL conversational examples (``prompt``/``completion`` message lists): the
     model's chat template renders them and only completion tokens carry loss. ``save_steps``
     writes trainer checkpoints (each handed to ``upload``); ``resume_from`` continues from one
     (model, optimizer, scheduler, RNG and data position). With ``lora`` the adapters are merged
-    into the saved model.
+    into the saved model. With ``launch.num_processes > 1`` every rank of an ``accelerate
+    launch`` runs this function (``posttrain.launch``): ``callbacks`` and ``upload`` must then
+    be :class:`posttrain.launch.Ref` s, and rank 0 saves the model and gives the result.
 
     Returns ``{"examples", "steps", "train_loss", "param_delta_l2"}``.
 
@@ -72,18 +77,20 @@ def train_sft(pairs: list[dict], model_dir: Path, out_dir: Path, train: TrainSpe
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     dataset = Dataset.from_list([{k: p[k] for k in ("prompt", "completion")} for p in pairs])
     args = sft_config(train, out_dir / "checkpoints", seed, max_length, packing, save_steps)
-    callbacks = list(callbacks)
+    callbacks = [build(c) for c in callbacks]
     if upload is not None and save_steps:
         from posttrain.rl.monitor import checkpoint_upload_callback
 
-        callbacks.append(checkpoint_upload_callback(upload))
+        callbacks.append(checkpoint_upload_callback(build(upload)))
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          callbacks=callbacks, peft_config=lora_config(lora))
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    save_model(trainer.model.merge_and_unload() if lora else trainer.model, tokenizer, out_dir)
-    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
-    return {"examples": len(pairs), "steps": result.global_step, "train_loss": result.training_loss,
-            "param_delta_l2": param_delta(model_dir, out_dir)["l2"]}
+    summary = {"examples": len(pairs), "steps": result.global_step, "train_loss": result.training_loss}
+    if trainer.accelerator.is_main_process:  # the one writer when several ranks train
+        save_model(trainer.model.merge_and_unload() if lora else trainer.model, tokenizer, out_dir)
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+        summary["param_delta_l2"] = param_delta(model_dir, out_dir)["l2"]
+    return summary
 
 
 def _resolve_model(ctx: StageContext, name: str) -> Path:
@@ -234,14 +241,14 @@ def run_sft_stage(ctx: StageContext, cfg: SFTStage) -> dict:
     """
     records = ctx.load(cfg.data)
     probes: dict = {}
-    callbacks = ctx.callbacks()
+    sinks = Sinks(ctx)
+    callbacks = sinks.callbacks()
     remote = ctx.checkpoints
     if cfg.probe is not None and cfg.probe.every:
-        from posttrain.probing import probe_callback, split_probe_sets
+        from posttrain.probing import split_probe_sets
 
         records, probes = split_probe_sets(records, cfg.probe.key, cfg.probe.per_subdomain, ctx.seed)
-        keep = (lambda folder: remote.keep(folder, "probe")) if remote is not None else None
-        callbacks.append(probe_callback(ctx.out_dir, cfg.probe.every, on_saved=keep))
+        callbacks.append(sinks.probe_callback(cfg.probe.every))
     traces, info = build_stage_traces(ctx, cfg, records)
     summary: dict = {"records": len(records), "traces": len(traces), **{k: v for k, v in info.items() if k != "source"}}
     if cfg.hard_subset is not None:
@@ -264,9 +271,8 @@ def run_sft_stage(ctx: StageContext, cfg: SFTStage) -> dict:
 
             remote.fetch_kept("probe", ctx.out_dir / PROBE_DIR)
     summary.update(train_sft([t.sft_pair() for t in traces], ctx.model_in, ctx.model_out, cfg.train, cfg.max_length,
-                             cfg.packing, ctx.seed, callbacks, save_steps=cfg.save_steps,
-                             upload=remote.upload if remote is not None else None,
-                             resume_from=resume[1] if resume else None, lora=cfg.lora))
+                             cfg.packing, ctx.seed, callbacks, save_steps=cfg.save_steps, upload=sinks.upload(),
+                             resume_from=resume[1] if resume else None, lora=cfg.lora, launch=ctx.recipe.launch))
     summary["resumed_from_step"] = _step(resume[1]) if resume else 0
     shutil.rmtree(ctx.out_dir / "resume", ignore_errors=True)
     if probes:

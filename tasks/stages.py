@@ -139,9 +139,12 @@ def dispatch(stage: str, plan: RunPlan, upstream: StageRecord | None) -> StageRe
     name = f"stage/{pool}"
     logger.info("%s: placed on work pool %s (deployment %s)", stage, pool, name)
     start = time.monotonic()
+    # GPUs for the job: as many as the recipe launches training processes (the pools' `gpus` variable)
+    processes = plan.recipe.launch.num_processes
     flow_run = run_deployment(name, parameters={"stage": stage, "plan": plan.model_dump(mode="json"),
                                                 "upstream": upstream.model_dump(mode="json") if upstream else None},
-                              flow_run_name=f"{stage}-{plan.run_id}", timeout=None, as_subflow=True)
+                              flow_run_name=f"{stage}-{plan.run_id}", timeout=None, as_subflow=True,
+                              job_variables={"gpus": processes} if processes > 1 else None)
     if flow_run.state is None or not flow_run.state.is_completed():
         raise RuntimeError(f"{stage}: flow run {flow_run.name} ({flow_run.id}) of deployment {name} ended "
                            f"{flow_run.state.name if flow_run.state else 'without a state'}")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Iterator, Protocol, Sequence
 
 Messages = list[dict[str, str]]
 
@@ -44,8 +46,24 @@ class GenerationEngine(Protocol):
     def close(self) -> None: ...
 
 
+_VLLM_DEFAULTS: ContextVar[dict] = ContextVar("vllm_defaults", default={})
+
+
+@contextmanager
+def vllm_defaults(**options) -> Iterator[None]:
+    """vLLM engine options (e.g. ``tensor_parallel_size`` from the recipe's ``launch``) for every
+    :func:`open_engine` call inside the block that does not set them itself."""
+    token = _VLLM_DEFAULTS.set({**_VLLM_DEFAULTS.get(), **options})
+    try:
+        yield
+    finally:
+        _VLLM_DEFAULTS.reset(token)
+
+
 def open_engine(kind: str, model_dir: Path, **options) -> GenerationEngine:
     """Open the engine ``kind`` (``hf`` or ``vllm``) on a Hugging Face model folder.
+
+    A vLLM engine also takes the options of an enclosing :func:`vllm_defaults` block.
 
     Raises:
         ValueError: for an unknown kind.
@@ -57,5 +75,5 @@ def open_engine(kind: str, model_dir: Path, **options) -> GenerationEngine:
     if kind == "vllm":
         from posttrain.engines.vllm import VLLMEngine
 
-        return VLLMEngine(model_dir, **options)
+        return VLLMEngine(model_dir, **{**_VLLM_DEFAULTS.get(), **options})
     raise ValueError(f"unknown engine {kind!r}: use 'hf' or 'vllm'")

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Callable
 
 from posttrain.checkpoints import param_delta, save_model
-from posttrain.config import RLStage, TrainSpec
+from posttrain.config import LaunchSpec, RLStage, TrainSpec
 from posttrain.context import StageContext
+from posttrain.launch import launchable
+from posttrain.sinks import Sinks, build
 from posttrain.records import Record
 
 log = logging.getLogger(__name__)
@@ -69,7 +71,10 @@ class Phase:
 
 @dataclass
 class Hooks:
-    """Per-stage side channels: MLflow callbacks, checkpoint mirroring, held-out evaluation."""
+    """Per-stage side channels: MLflow callbacks, checkpoint mirroring, held-out evaluation.
+
+    Under ``accelerate launch`` the callables are :class:`posttrain.launch.Ref` s (built on each rank).
+    """
 
     callbacks: list = field(default_factory=list)
     upload: Callable[[Path, str], None] | None = None  # (checkpoint folder, phase name)
@@ -78,25 +83,29 @@ class Hooks:
     rollouts_path: Path | None = None
 
 
-def fill_one_batch(records: list[Record], train: TrainSpec, group_size: int) -> list[Record]:
+def fill_one_batch(records: list[Record], train: TrainSpec, group_size: int, processes: int = 1) -> list[Record]:
     """Repeat ``records`` until they fill one optimiser step's prompts.
 
-    A step takes ``per_device_batch_size * gradient_accumulation_steps / group_size`` prompts;
-    with fewer (a strict prompt filter can keep one), the trainer's loader would yield no batch
-    and train 0 steps. Repeated prompts are separate groups, so this changes no formula.
+    A step takes ``per_device_batch_size * gradient_accumulation_steps * processes / group_size``
+    prompts; with fewer (a strict prompt filter can keep one), the trainer's loader would yield
+    no batch and train 0 steps. Repeated prompts are separate groups, so this changes no formula.
     """
-    per_step = max(1, train.per_device_batch_size * train.gradient_accumulation_steps // group_size)
+    per_step = max(1, train.per_device_batch_size * train.gradient_accumulation_steps * processes // group_size)
     if not records or len(records) >= per_step:
         return records
     return (records * -(-per_step // len(records)))[:per_step]
 
 
+@launchable
 def train_phase(records: list[Record], cfg: RLStage, phase: Phase, model_dir: Path, out_dir: Path, seed: int,
-                hooks: Hooks, resume_from: Path | None = None) -> dict:
+                hooks: Hooks, resume_from: Path | None = None, launch: LaunchSpec | None = None) -> dict:
     """Train one phase with :class:`posttrain.rl.trainer.MGPOTrainer` and save the policy to ``out_dir``.
 
     ``resume_from`` is a trainer checkpoint folder (model, optimizer, scheduler, RNG, trainer
-    state with the data position); training continues from its step.
+    state with the data position); training continues from its step. With
+    ``launch.num_processes > 1`` every rank of an ``accelerate launch`` runs this function
+    (``posttrain.launch``; ``hooks`` then holds refs); rank 0 saves the policy, evaluates the
+    held-out prompts and gives the result.
 
     Returns ``{"steps", "reward_mean", "frac_reward_zero_std_min", "mgpo_weight_mean"}``.
     """
@@ -108,28 +117,30 @@ def train_phase(records: list[Record], cfg: RLStage, phase: Phase, model_dir: Pa
     from posttrain.rl.trainer import MGPOTrainer
     from posttrain.trl_args import grpo_config, lora_config
 
-    records = fill_one_batch(records, phase.train, cfg.group_size)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     funcs, weights = reward_functions(cfg)
     args = grpo_config(cfg, out_dir / "checkpoints", seed, _rollout_engine(cfg.rollout_engine),
                        train=phase.train, max_completion_length=phase.max_completion_length, reward_weights=weights)
-    callbacks = list(hooks.callbacks)
+    records = fill_one_batch(records, phase.train, cfg.group_size, args.world_size)
+    callbacks = [build(c) for c in hooks.callbacks]
     if hooks.upload is not None and cfg.save_steps:
-        callbacks.append(checkpoint_upload_callback(lambda folder: hooks.upload(folder, phase.name)))
-    if hooks.heldout and cfg.eval_every and hooks.log_metrics is not None:
+        upload = build(hooks.upload)
+        callbacks.append(checkpoint_upload_callback(lambda folder: upload(folder, phase.name)))
+    # rank 0 alone samples the held-out prompts, with the unwrapped policy (DDP, not sharded)
+    if hooks.heldout and cfg.eval_every and hooks.log_metrics is not None and args.process_index == 0:
         callbacks.append(heldout_eval_callback(
             hooks.heldout, tokenizer, cfg.eval_every, cfg.eval_samples, phase.max_completion_length,
-            cfg.temperature, cfg.top_p, seed, hooks.log_metrics, hooks.rollouts_path, cfg.sample_rollouts))
+            cfg.temperature, cfg.top_p, seed, build(hooks.log_metrics), hooks.rollouts_path, cfg.sample_rollouts))
     trainer = MGPOTrainer(model=model, reward_funcs=funcs, args=args,
                           train_dataset=Dataset.from_list(rl_rows(records, getattr(cfg, "reward", "partial"))),
                           processing_class=tokenizer,
                           callbacks=callbacks, peft_config=lora_config(cfg.lora),
                           mgpo_lambda=cfg.mgpo_lambda, long2short=phase.long2short)
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    policy = trainer.model.merge_and_unload() if cfg.lora else trainer.model
-    save_model(policy, tokenizer, out_dir)
-    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    if trainer.accelerator.is_main_process:  # the one writer when several ranks train
+        save_model(trainer.model.merge_and_unload() if cfg.lora else trainer.model, tokenizer, out_dir)
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
     history = [h for h in trainer.state.log_history if "reward" in h]
     zero_std = [h["frac_reward_zero_std"] for h in history if "frac_reward_zero_std" in h]
     weights = [h["mgpo/weight_mean"] for h in history if "mgpo/weight_mean" in h]
@@ -140,9 +151,10 @@ def train_phase(records: list[Record], cfg: RLStage, phase: Phase, model_dir: Pa
 
 
 def train_grpo(records: list[Record], cfg: RLStage, model_dir: Path, out_dir: Path, seed: int,
-               callbacks: list) -> dict:
+               callbacks: list, launch: LaunchSpec | None = None) -> dict:
     """Run the phase's accuracy sub-phase only, without filtering or mirroring (tests, notebooks).
 
+    ``launch``: as in :func:`train_phase` (``callbacks`` then :class:`posttrain.launch.Ref` s).
     Returns the :func:`train_phase` summary plus ``prompts`` and ``param_delta_l2``.
 
     Raises:
@@ -151,7 +163,7 @@ def train_grpo(records: list[Record], cfg: RLStage, model_dir: Path, out_dir: Pa
     if not records:
         raise ValueError("no RL prompts")
     phase = Phase("accuracy", cfg.train, cfg.max_completion_length, cfg.long2short)
-    summary = train_phase(records, cfg, phase, model_dir, out_dir, seed, Hooks(callbacks=callbacks))
+    summary = train_phase(records, cfg, phase, model_dir, out_dir, seed, Hooks(callbacks=callbacks), launch=launch)
     return {"prompts": len(records), **summary, "param_delta_l2": param_delta(model_dir, out_dir)["l2"]}
 
 
@@ -242,10 +254,9 @@ def run_rl_stage(ctx: StageContext, cfg: RLStage, records: list[Record] | None =
         shutil.copytree(ctx.model_in, ctx.model_out)
         return {**summary, "steps": 0, "skipped": "no prompts with varied rewards", "param_delta_l2": 0.0}
 
-    hooks = Hooks(callbacks=ctx.callbacks(), heldout=heldout, rollouts_path=ctx.out_dir / ROLLOUTS,
-                  upload=(lambda folder, phase: remote.upload(folder, phase)) if remote is not None else None,
-                  log_metrics=(lambda m, step: ctx.log_metrics(
-                      {f"train/{ctx.stage}/{k}": v for k, v in m.items()}, step)))
+    sinks = Sinks(ctx)
+    hooks = Hooks(callbacks=sinks.callbacks(), heldout=heldout, rollouts_path=ctx.out_dir / ROLLOUTS,
+                  upload=sinks.upload(), log_metrics=sinks.log_metrics())
     phases = _phases(cfg)
     resume_phase, resume_folder = resume if resume else (None, None)
     resume_index = next((i for i, p in enumerate(phases) if p.name == resume_phase), None)
@@ -257,7 +268,8 @@ def run_rl_stage(ctx: StageContext, cfg: RLStage, records: list[Record] | None =
         if resume_from is not None and i > 0:
             start_model = resume_from
         out = ctx.model_out if i == len(phases) - 1 else ctx.out_dir / f"phase-{phase.name}"
-        phase_summary = train_phase(records, cfg, phase, start_model, out, ctx.seed, hooks, resume_from=resume_from)
+        phase_summary = train_phase(records, cfg, phase, start_model, out, ctx.seed, hooks, resume_from=resume_from,
+                                    launch=ctx.recipe.launch)
         summary.update({f"{phase.name}_{k}": v for k, v in phase_summary.items()})
         done_phases.append(phase.name)
         start_model = out
