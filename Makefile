@@ -15,6 +15,8 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	# untrusted programs run under bubblewrap (design.md §4); tolerant: setup never fails on it
 	command -v bwrap >/dev/null || (apt-get update -qq && apt-get install -y -qq bubblewrap) || true
+	# the UI test screenshots the Prefect flow-run page with Debian's chromium; tolerant as above
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) || true
 	python3 -m venv .venv
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e ".[cpu,test]"

@@ -99,7 +99,7 @@ def encode(obj: Any, where: str = "argument") -> Any:
     if isinstance(obj, dict) and all(isinstance(k, str) and not k.startswith("$") for k in obj):
         return {k: encode(v, f"{where}.{k}") for k, v in obj.items()}
     raise TypeError(f"{where}: {obj!r} cannot cross into the training processes of `accelerate launch`: "
-                    f"pass a posttrain.launch.Ref that builds it there")
+                    f"pass a posttrain.sinks.Ref that builds it there")
 
 
 def decode(obj: Any) -> Any:

@@ -57,7 +57,7 @@ def train_sft(pairs: list[dict], model_dir: Path, out_dir: Path, train: TrainSpe
     (model, optimizer, scheduler, RNG and data position). With ``lora`` the adapters are merged
     into the saved model. With ``launch.num_processes > 1`` every rank of an ``accelerate
     launch`` runs this function (``posttrain.launch``): ``callbacks`` and ``upload`` must then
-    be :class:`posttrain.launch.Ref` s, and rank 0 saves the model and gives the result.
+    be :class:`posttrain.sinks.Ref` s, and rank 0 saves the model and gives the result.
 
     Returns ``{"examples", "steps", "train_loss", "param_delta_l2"}``.
 

@@ -40,7 +40,7 @@ def test_spec_round_trip_keeps_types(tmp_path, data_root):
 
 
 def test_objects_that_cannot_cross_are_named(tmp_path):
-    with pytest.raises(TypeError, match=r"callbacks\[0\].*posttrain.launch.Ref"):
+    with pytest.raises(TypeError, match=r"callbacks\[0\].*posttrain.sinks.Ref"):
         write_spec(tmp_path, "posttrain.sft:train_sft", {"callbacks": [lambda: None]})
 
 

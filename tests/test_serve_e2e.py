@@ -158,7 +158,7 @@ def test_nightly_is_scheduled_one_at_a_time(stack):
 
     dep, runs = asyncio.run(read())
     assert dep.schedules[0].schedule.cron == "0 2 * * *" and dep.schedules[0].schedule.timezone == "UTC"
-    assert dep.concurrency_limit == 1
+    assert dep.global_concurrency_limit.limit == 1  # `concurrency_limit: 1` of prefect.yaml
     assert dep.concurrency_options.collision_strategy == "CANCEL_NEW"
     assert runs and all(r.expected_start_time.hour == 2 and r.expected_start_time.minute == 0 for r in runs)
 

@@ -73,7 +73,7 @@ class Phase:
 class Hooks:
     """Per-stage side channels: MLflow callbacks, checkpoint mirroring, held-out evaluation.
 
-    Under ``accelerate launch`` the callables are :class:`posttrain.launch.Ref` s (built on each rank).
+    Under ``accelerate launch`` the callables are :class:`posttrain.sinks.Ref` s (built on each rank).
     """
 
     callbacks: list = field(default_factory=list)
@@ -154,7 +154,7 @@ def train_grpo(records: list[Record], cfg: RLStage, model_dir: Path, out_dir: Pa
                callbacks: list, launch: LaunchSpec | None = None) -> dict:
     """Run the phase's accuracy sub-phase only, without filtering or mirroring (tests, notebooks).
 
-    ``launch``: as in :func:`train_phase` (``callbacks`` then :class:`posttrain.launch.Ref` s).
+    ``launch``: as in :func:`train_phase` (``callbacks`` then :class:`posttrain.sinks.Ref` s).
     Returns the :func:`train_phase` summary plus ``prompts`` and ``param_delta_l2``.
 
     Raises:
