@@ -8,7 +8,7 @@ export TOKENIZERS_PARALLELISM := false
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: setup run test test-fast serve stop clean
+.PHONY: setup run test test-fast test-faults serve stop clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,10 @@ run: setup
 
 test: setup
 	.venv/bin/pytest -q tests
+
+# crash-resume, storage and tracker outages, bad input, secrets (also part of `make test`)
+test-faults: setup
+	.venv/bin/pytest -q tests -m faults
 
 test-fast: setup
 	.venv/bin/pytest -q tests -m "not slow"
