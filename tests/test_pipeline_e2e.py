@@ -39,6 +39,9 @@ def test_whole_dag_then_every_stage_cached(s3_env, tmp_path, monkeypatch, prefec
     s3 = boto3.client("s3")
     for name, record in stages.items():
         s3.head_object(Bucket=bucket, Key=f"pipeline/stages/{name}/{record['key']}/manifest.json")
+    # Prefect's task results and cache records live in the same bucket, for workers elsewhere
+    results = s3.list_objects_v2(Bucket=bucket, Prefix="pipeline/prefect-results/").get("KeyCount", 0)
+    assert results >= len(PIPELINE)
 
     # MLflow: the parent run and one child per stage, each with metrics
     client = MlflowClient(uri)

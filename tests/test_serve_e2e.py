@@ -43,14 +43,17 @@ def stack(tmp_path_factory):
         if name.isidentifier() and name != "PATH" and " " not in value:
             served[name] = value
     served["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    saved = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
-    os.environ["PREFECT_API_URL"] = served["PREFECT_API_URL"]
+    # The test's own Prefect client must talk to this server, also when the session-wide test
+    # harness (conftest.prefect_harness) has set another API for the process.
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = served["MLFLOW_TRACKING_URI"]
     try:
-        yield served
+        with temporary_settings(updates={PREFECT_API_URL: served["PREFECT_API_URL"]}):
+            yield served
     finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        os.environ.pop("MLFLOW_TRACKING_URI", None) if saved is None else os.environ.__setitem__("MLFLOW_TRACKING_URI", saved)
         subprocess.run(["bash", "infra/stop.sh"], cwd=REPO, env=env, timeout=120)
 
 
