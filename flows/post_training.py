@@ -20,11 +20,15 @@ def post_training(recipe_path: str = "recipes/tiny-cpu.yaml", recipe: Recipe | N
     ``start_model`` (a checkpoint folder) replaces the model the first selected stage starts from.
     A stage listed in the recipe's ``placement`` runs as a flow run on that work pool.
     Returns ``{run, mlflow_run_id, stages: {stage: record}}``.
+
+    Raises:
+        posttrain.tracking.TrackingUnavailable: before any stage, if the MLflow server does not answer.
     """
     from posttrain.pipeline import TRAINING_STAGES
     from posttrain.plan import PIPELINE, import_model
-    from posttrain.tracking import Tracker
+    from posttrain.tracking import Tracker, check_tracking_server
 
+    check_tracking_server()  # fail in seconds, before any compute, rather than after MLflow's minutes of retries
     logger = get_run_logger()
     if recipe is not None:
         recipe_path = "<parameter>"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -13,6 +14,27 @@ def save_model(model, tokenizer, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
+
+def train_from(trainer, checkpoint: Path | None):
+    """``trainer.train(resume_from_checkpoint=checkpoint)``; returns its ``TrainOutput``.
+
+    From a checkpoint of the run's last step (a crash after training, before the stage published
+    its output) only the weights and trainer state are loaded: ``transformers`` checks
+    ``max_steps`` after a step, never before the first, so resuming would train one step too many.
+    (Not under DeepSpeed or FSDP, whose checkpoints load into the prepared, sharded model.)
+    """
+    if checkpoint is not None and not (trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled):
+        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+        if 0 < state["max_steps"] <= state["global_step"]:
+            from transformers.trainer_callback import TrainerState
+            from transformers.trainer_utils import TrainOutput
+
+            trainer._load_from_checkpoint(str(checkpoint))  # what train() loads: full weights or adapters
+            trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+            losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+            return TrainOutput(trainer.state.global_step, sum(losses) / len(losses) if losses else math.nan, {})
+    return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+
 def param_delta(before: Path, after: Path) -> dict:
     """Distance between two checkpoints, streamed tensor by tensor (memory near one tensor).
 
@@ -20,14 +42,16 @@ def param_delta(before: Path, after: Path) -> dict:
 
     Raises:
         ValueError: if the two checkpoints hold different tensor names or shapes.
+        CheckpointError: (a ``ValueError``) naming a safetensors file that is corrupt or truncated.
     """
     from safetensors import safe_open
+
+    from posttrain.safetensors_io import read_header
 
     def index(folder: Path) -> dict[str, Path]:
         out = {}
         for f in sorted(Path(folder).glob("*.safetensors")):
-            with safe_open(f, framework="pt") as st:
-                out.update({k: f for k in st.keys()})
+            out.update({k: f for k in read_header(f)})  # checks the file before safetensors maps it
         return out
 
     ia, ib = index(before), index(after)
@@ -77,7 +101,16 @@ class RemoteCheckpoints:
                 self.store.delete(rel)
 
     def latest(self, local_root: Path) -> tuple[str, Path] | None:
-        """Download the newest complete checkpoint under ``local_root``: ``(phase, folder)``, or None."""
+        """Download the newest complete checkpoint under ``local_root``: ``(phase, folder)``, or None.
+
+        Raises:
+            CheckpointError: naming the stored file when a safetensors file of the checkpoint is
+                corrupt or truncated (the store is left as it is: resuming from it would fail later
+                with a bare safetensors error).
+        """
+        from posttrain.modeling import CheckpointError
+        from posttrain.safetensors_io import read_header
+
         marker = f"{self.prefix}/latest.json"
         if not self.store.exists(marker):
             return None
@@ -87,6 +120,11 @@ class RemoteCheckpoints:
             target = folder / rel.split(f"{self.prefix}/{latest['name']}/", 1)[1]
             target.parent.mkdir(parents=True, exist_ok=True)
             self.store.get_file(rel, target)
+            if target.suffix == ".safetensors":
+                try:
+                    read_header(target)
+                except CheckpointError as e:
+                    raise CheckpointError(self.store.uri(rel), f"{e.problem} (resume checkpoint)") from None
         return latest.get("phase", ""), folder
 
     def keep(self, local: Path, kind: str) -> None:

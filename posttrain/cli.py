@@ -40,6 +40,26 @@ def _print_table(table: dict, title: str) -> None:
     console.print(t)
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message is the whole story (bad recipe, data or checkpoint; storage or
+    tracker down): printed as one line, without a traceback."""
+    from posttrain.config import RecipeError
+    from posttrain.data.errors import DataError
+    from posttrain.modeling import ModelError
+    from posttrain.storage import StorageError
+    from posttrain.tracking import TrackingUnavailable
+
+    return (RecipeError, DataError, ModelError, StorageError, TrackingUnavailable)
+
+
+def _fail(error: BaseException) -> None:
+    """Print ``error`` as one red line on stderr and exit 1."""
+    from rich.markup import escape
+
+    Console(stderr=True).print(f"[bold red]error:[/bold red] {escape(str(error))}", soft_wrap=True)
+    raise typer.Exit(1) from None
+
+
 @app.command()
 def run(
     recipe: Path = typer.Option(Path("recipes/tiny-cpu.yaml"), "--recipe", help="recipe YAML"),
@@ -60,13 +80,19 @@ def run(
         stages = [s for s in PIPELINE[PIPELINE.index(from_):] if stages is None or s in stages]
     if model and not stages:
         raise typer.BadParameter("--model needs --from STAGE (or --only)", param_hint="--model")
-    # Prefect is imported only now: it configures logging on import, bound to the current streams.
-    from flows.post_training import post_training
     from posttrain.storage import ArtifactStore
-    from posttrain.tracking import tracking_uri
+    from posttrain.tracking import check_tracking_server, tracking_uri
 
-    with console.status("running the post-training flow (progress in the log and the Prefect UI)"):
-        result = post_training(str(recipe), set_ or None, stages, _split(force), model, artifacts)
+    try:
+        check_tracking_server()  # before Prefect starts: a down MLflow server fails in seconds
+        # Prefect is imported only now: it configures logging on import, bound to the current streams.
+        from flows.post_training import post_training
+
+        with console.status("running the post-training flow (progress in the log and the Prefect UI)"):
+            result = post_training(recipe_path=str(recipe), overrides=set_ or None, only=stages, force=_split(force),
+                                   start_model=model, artifacts=artifacts)
+    except _user_errors() as e:  # the message says what is wrong (file, row, field) or down
+        _fail(e)
     evaluated = result["stages"].get("evaluate")
     if evaluated:
         store = ArtifactStore.from_uri(result["artifacts"])
@@ -99,6 +125,16 @@ def eval_(
     clr_repeats: int = typer.Option(8, "--clr-repeats", help="CLR: votes per problem (R; 3B: 8)"),
 ) -> None:
     """Evaluate any checkpoint: avg@k, pass@k, maj@k per benchmark; optionally CLR."""
+    from posttrain.data import check_benchmark
+    from posttrain.modeling import check_checkpoint
+
+    try:  # names and the checkpoint first: seconds, before Prefect, MLflow and the model start
+        for name in _split(benchmarks) + (_split(clr) or []):
+            check_benchmark(name)
+        if not model.startswith("s3://"):
+            check_checkpoint(model)
+    except (ValueError, *_user_errors()) as e:
+        _fail(e)
     from flows.evaluate import evaluate
     from posttrain.config import ClrSpec, SamplingSpec
 

@@ -7,8 +7,9 @@
 3. Per domain: drop traces under ``min_tokens``, drop NLL outliers (|z| > ``outlier_z`` within
    the domain), split the rest into length buckets at quantile edges, and keep the NLL band from
    the ``nll_low_quantile`` to the ``nll_high_quantile`` of each bucket (middle-to-high NLL).
-4. SFT the student (the model entering the stage) on the union. When nothing is kept the
-   student passes through unchanged, and the report says so.
+4. SFT the student (the model entering the stage) on the union, its checkpoints mirrored to the
+   store every ``save_steps`` so a crashed stage resumes on the same traces. When nothing is
+   kept the student passes through unchanged, and the report says so.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 REPORT = "distill_report.json"
 TRACES = "traces.jsonl"
+SELECTION = "distill_selection.json"  # the kept traces, beside the checkpoints while the stage runs
 
 
 @dataclass(frozen=True)
@@ -232,16 +234,20 @@ def report_table(counts: dict, selection: dict) -> list[dict]:
     return rows
 
 
-def run_distill_stage(ctx: StageContext, cfg: DistillStage) -> dict:
-    """Sample the RL specialists, keep verified traces, select the NLL band, SFT the student.
+def select_traces(ctx: StageContext, cfg: DistillStage, records: list[Record]) -> tuple[list[Candidate], dict]:
+    """Sample the specialists, verify, score and select: ``(kept candidates, {"verified", "sampling", "bands"})``.
 
-    ``ctx.inputs`` holds ``model`` (the student: the model entering the stage) and one folder per
-    specialist stage named in ``cfg.specialists`` (the pipeline always fetches them; a direct call
-    without one samples that domain from the student). Writes ``distill_report.json`` and
-    ``traces.jsonl`` (the kept traces with tokens, NLL and specialist). When nothing is kept the
-    student passes through unchanged: a result, not an error.
+    A resumed trainer's data position indexes the traces it trained on, so they are kept beside
+    the stage's checkpoints in the store (``distill_selection.json``) before training, and a retry
+    at the same stage key reuses them instead of sampling again.
     """
-    records = ctx.load(cfg.data)
+    remote = ctx.checkpoints
+    saved = remote.get_json(SELECTION) if remote is not None else None
+    if saved is not None:
+        by_id = {r.id: r for r in records}
+        kept = [Candidate(by_id[t["record_id"]], t["completion"], t["tokens"], t["nll"]) for t in saved["kept"]]
+        log.info("%s: reusing an earlier attempt's %d selected traces", ctx.stage, len(kept))
+        return kept, saved["info"]
     specialists = {domain: ctx.inputs.get(stage, ctx.model_in) for domain, stage in cfg.specialists.items()}
     groups = sample_specialists(records, specialists, cfg, ctx.seed)
     candidates, counts = collect_verified(records, groups)
@@ -249,24 +255,59 @@ def run_distill_stage(ctx: StageContext, cfg: DistillStage) -> dict:
                       cfg.selection.batch_size, cfg.max_length)
     candidates = [Candidate(c.record, c.completion, t, nll) for c, (t, nll) in zip(candidates, scores)]
     kept, selection = select_band(candidates, cfg.selection)
+    info = {"verified": len(candidates), "sampling": counts, "bands": selection}
+    if remote is not None:
+        remote.put_json(SELECTION, {"info": info, "kept": [{"record_id": c.record.id, "completion": c.completion,
+                                                            "tokens": c.tokens, "nll": c.nll} for c in kept]})
+    return kept, info
+
+
+def train_student(ctx: StageContext, cfg: DistillStage, kept: list[Candidate]) -> dict:
+    """SFT the student on the kept traces, from the newest checkpoint mirrored for this stage key if
+    any; checkpoints every ``cfg.save_steps`` steps. Returns :func:`train_sft`'s summary plus
+    ``resumed_from_step`` (0 for a fresh start)."""
+    remote = ctx.checkpoints
+    resume = remote.latest(ctx.out_dir / "resume") if remote is not None else None
+    if resume is not None:
+        log.info("%s: resuming from checkpoint %s", ctx.stage, resume[1].name)
+    sinks = Sinks(ctx)
+    summary = train_sft([c.record.sft_pair(c.completion) for c in kept], ctx.model_in, ctx.model_out, cfg.train,
+                        cfg.max_length, False, ctx.seed, sinks.callbacks(), save_steps=cfg.save_steps,
+                        upload=sinks.upload(), resume_from=resume[1] if resume else None, launch=ctx.recipe.launch)
+    state = json.loads((resume[1] / "trainer_state.json").read_text()) if resume else {"global_step": 0}
+    summary["resumed_from_step"] = state["global_step"]
+    shutil.rmtree(ctx.out_dir / "resume", ignore_errors=True)
+    return summary
+
+
+def run_distill_stage(ctx: StageContext, cfg: DistillStage) -> dict:
+    """Sample the RL specialists, keep verified traces, select the NLL band, SFT the student.
+
+    ``ctx.inputs`` holds ``model`` (the student: the model entering the stage) and one folder per
+    specialist stage named in ``cfg.specialists`` (the pipeline always fetches them; a direct call
+    without one samples that domain from the student). Writes ``distill_report.json`` and
+    ``traces.jsonl`` (the kept traces with tokens, NLL and specialist). When nothing is kept the
+    student passes through unchanged: a result, not an error. A retried stage resumes training
+    from its mirrored checkpoint on the traces its first attempt selected (:func:`select_traces`).
+    """
+    records = ctx.load(cfg.data)
+    kept, info = select_traces(ctx, cfg, records)
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     with (ctx.out_dir / TRACES).open("w") as f:
         for c in kept:
             f.write(json.dumps({"record_id": c.record.id, "domain": c.domain, "specialist": cfg.specialists[c.domain],
                                 "tokens": c.tokens, "nll": c.nll, "completion": c.completion}) + "\n")
-    summary = {"prompts": len(records), "verified": len(candidates), "kept": len(kept),
-               "distill_table": report_table(counts, selection)}
+    summary = {"prompts": len(records), "verified": info["verified"], "kept": len(kept),
+               "distill_table": report_table(info["sampling"], info["bands"])}
     if kept:
-        summary.update(train_sft([c.record.sft_pair(c.completion) for c in kept], ctx.model_in, ctx.model_out,
-                                 cfg.train, cfg.max_length, False, ctx.seed, Sinks(ctx).callbacks(),
-                                 launch=ctx.recipe.launch))
-        summary["note"] = f"SFT on {len(kept)} of {len(candidates)} verified traces"
+        summary.update(train_student(ctx, cfg, kept))
+        summary["note"] = f"SFT on {len(kept)} of {info['verified']} verified traces"
     else:
         shutil.copytree(ctx.model_in, ctx.model_out)
-        why = "no sampled trace verified" if not candidates else "the selection kept no trace"
+        why = "no sampled trace verified" if not info["verified"] else "the selection kept no trace"
         summary.update(note=f"{why}: the student passes through unchanged", param_delta_l2=0.0, steps=0)
     report = {"note": summary["note"], "specialists": cfg.specialists, "selection": cfg.selection.model_dump(),
-              "sampling": counts, "bands": selection}
+              "sampling": info["sampling"], "bands": info["bands"]}
     (ctx.out_dir / REPORT).write_text(json.dumps(report, indent=2))
     log.info("distill: %s", summary["note"])
     return summary

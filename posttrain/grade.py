@@ -2,8 +2,17 @@
 
 Each input line is a JSON object with ``completion`` and the reference fields of the chosen
 verifier; each output line is that object plus ``score`` (0..1), ``passed`` and ``details``, in
-the input's order. The whole file is validated before anything is graded, so a malformed line
-fails fast and no partial output is left behind.
+the input's order.
+
+Bad input fails the whole run, it is never skipped or graded 0: output lines must match input
+lines one to one, and a per-line error record would let a broken file pass as a bad model. The
+whole file is validated before anything is graded, so a malformed line (not UTF-8, not JSON, not
+an object, blank, ``completion`` not a string, a reference field missing) fails fast with a
+``ValueError`` that reads ``<input>:<line>: <problem naming the field>``; a reference the
+verifier rejects while grading fails the same way. The output is written to a temporary file
+and renamed at the end, so a failed run leaves no partial output and never touches an existing
+output file. Odd completions (broken LaTeX, NUL bytes, 100k characters) are not errors: the
+verifier grades them, usually 0.
 """
 
 from __future__ import annotations
@@ -28,12 +37,22 @@ def _rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str
     Raises:
         ValueError: naming the file, the 1-based line number and the offending field.
     """
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:  # bytes: a line that is not UTF-8 is reported with its number
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid UTF-8 (byte {e.start + 1} of the line)") from None
+            if not line.strip():
+                raise ValueError(f"{path}:{lineno}: blank line (one JSON object per line, one output line each)")
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            except RecursionError:
+                raise ValueError(f"{path}:{lineno}: not valid JSON (nested too deeply)") from None
+            except ValueError as e:  # int() of 4300+ digits: "Exceeds the limit (4300 digits) for ..."
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({str(e).split(':')[0]})") from None
             if not isinstance(obj, dict):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             if not isinstance(obj.get("completion"), str):
@@ -59,7 +78,12 @@ def _grade_one(verifier: str, completion: str, reference: dict[str, Any]) -> Ver
 def _output_line(obj: dict[str, Any], verdict: Verdict) -> str:
     """The input object plus ``score``, ``passed`` and ``details``, as one JSON line."""
     out = {**obj, "score": float(verdict.score), "passed": bool(verdict.passed), "details": verdict.details}
-    return json.dumps(out, ensure_ascii=False) + "\n"
+    line = json.dumps(out, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate ("\\ud800" in the input) has no UTF-8: keep it escaped
+        line = json.dumps(out)
+    return line + "\n"
 
 
 def _verdicts(verifier: str, rows: Iterator[tuple[int, dict]], workers: int, path: Path):
@@ -106,8 +130,10 @@ def grade_file(
         ``{"n": lines graded, "passed": count passed, "mean_score": mean score (0.0 if n = 0)}``.
 
     Raises:
-        KeyError: for an unknown verifier name.
-        ValueError: for a malformed line, naming the file, line number and field.
+        UnknownVerifierError: (a ``KeyError`` and a ``ValueError``) for an unknown verifier name,
+            listing the registered ones.
+        FileNotFoundError: if ``input_path`` does not exist.
+        ValueError: for a malformed line, naming the file, line number and field (module docstring).
     """
     src, dst = Path(input_path), Path(output_path)
     required = tuple(getattr(get_verifier(verifier), "reference_fields", ()))

@@ -6,10 +6,14 @@ that trainers and both generation engines load.
 
 from __future__ import annotations
 
+import json
 import logging
+import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from posttrain.config import ModelSpec, TinyModel
+if TYPE_CHECKING:  # annotations only: this module stays importable without pydantic models
+    from posttrain.config import ModelSpec, TinyModel
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +26,91 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 class ModelError(RuntimeError):
     """The starting model cannot be found or converted; the message says how to fix it."""
+
+
+class CheckpointError(ModelError, ValueError):
+    """A checkpoint folder or one of its files is missing, corrupt or truncated.
+
+    Attributes:
+        path: the file (or folder) at fault.
+        problem: what is wrong, in words (it says "corrupt" or "truncated" for damaged files).
+
+    The message reads ``<path>: <problem>``. A ``ValueError`` too, for callers that validate input.
+    """
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path, self.problem = str(path), problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+def check_checkpoint(model_dir: str | Path) -> list[Path]:
+    """Check that ``model_dir`` is a whole Hugging Face checkpoint before anything loads or
+    publishes it: ``config.json`` is a JSON object, every weight file the folder names exists,
+    and every safetensors file's header is sound and covers exactly the file's bytes (reads
+    headers only: milliseconds, whatever the model size). Returns the weight files.
+
+    Raises:
+        CheckpointError: naming the folder (missing, no config, no weights) or the file at fault
+            (``config.json`` not JSON; a safetensors file corrupt or truncated; an index naming a
+            shard that is missing or does not hold the tensors it lists; a ``.bin`` not a torch archive).
+    """
+    from posttrain.safetensors_io import INDEX_FILE, SINGLE_FILE, read_header
+
+    folder = Path(model_dir)
+    if not folder.exists():
+        raise CheckpointError(folder, "no such folder")
+    if not folder.is_dir():
+        raise CheckpointError(folder, "not a folder (a checkpoint is a Hugging Face model folder)")
+    config = folder / "config.json"
+    if not config.is_file():
+        raise CheckpointError(folder, "not a Hugging Face model folder (no config.json)")
+    try:
+        if not isinstance(json.loads(config.read_bytes().decode("utf-8")), dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(config, f"corrupt: not a JSON object ({e})") from None
+    index = folder / INDEX_FILE
+    bin_index = folder / "pytorch_model.bin.index.json"
+    if index.is_file() or bin_index.is_file():
+        index = index if index.is_file() else bin_index
+        weight_map = _weight_map(index)
+        for shard in sorted(set(weight_map.values())):
+            if not (folder / shard).is_file():
+                raise CheckpointError(index, f"truncated checkpoint: it names shard {shard!r}, which is missing")
+        files = [folder / shard for shard in sorted(set(weight_map.values()))]
+    elif (folder / SINGLE_FILE).is_file():
+        files = [folder / SINGLE_FILE]
+    else:
+        files = sorted(p for p in folder.glob("*.safetensors") if p.name != "adapter_model.safetensors")
+        files = files or sorted(folder.glob("pytorch_model*.bin"))
+    if not files:
+        raise CheckpointError(folder, f"no weights ({SINGLE_FILE}, {INDEX_FILE} or pytorch_model.bin)")
+    held: dict[Path, set[str]] = {}
+    for f in files:
+        if f.suffix == ".safetensors":
+            held[f] = set(read_header(f))
+        elif not zipfile.is_zipfile(f):
+            raise CheckpointError(f, "corrupt or truncated: not a torch checkpoint archive")
+    if index.is_file() and index.name == INDEX_FILE:
+        for name, shard in weight_map.items():
+            if name not in held.get(folder / shard, {name}):
+                raise CheckpointError(folder / shard, f"corrupt or truncated: the index puts tensor {name!r} "
+                                                      f"here, but the file does not hold it")
+    return files
+
+
+def _weight_map(index: Path) -> dict[str, str]:
+    """``weight_map`` of a sharded checkpoint's index (tensor name -> shard file name)."""
+    try:
+        weight_map = json.loads(index.read_bytes().decode("utf-8"))["weight_map"]
+    except (ValueError, RecursionError, KeyError, TypeError) as e:
+        raise CheckpointError(index, f"corrupt: not a checkpoint index ({type(e).__name__}: {e})") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(index, "corrupt: 'weight_map' is not a mapping of tensor names to shard files")
+    for shard in set(weight_map.values()):
+        if Path(shard).name != shard:  # a shard lives beside its index: no paths, no ".."
+            raise CheckpointError(index, f"corrupt: shard name {shard!r} is not a file name")
+    return weight_map
 
 
 def smollm2_gguf_path() -> Path:
@@ -104,7 +193,8 @@ def prepare_model(spec: ModelSpec, out_dir: Path, tokenizer_texts: list[str] | N
     Returns a summary ``{source, parameters}``.
 
     Raises:
-        ModelError: if the source cannot be found or loaded offline.
+        ModelError: if the source cannot be found or loaded offline; ``CheckpointError`` (a
+            ``ModelError``) naming the file when a local checkpoint is corrupt or truncated.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     if spec.source == "smollm2":
@@ -112,13 +202,28 @@ def prepare_model(spec: ModelSpec, out_dir: Path, tokenizer_texts: list[str] | N
     elif spec.source == "tiny":
         build_tiny_model(spec.tiny, tokenizer_texts or ["0123456789"], out_dir)
     else:
+        from safetensors import SafetensorError
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        local = Path(spec.source).expanduser()
+        if local.exists() or local.is_absolute() or spec.source.startswith((".", "~")):
+            if not local.exists():
+                raise ModelError(f"model {spec.source!r} could not be loaded: no such folder (model.source is a "
+                                 f"local path here; a hub id looks like org/name)")
+            try:
+                check_checkpoint(local)
+            except CheckpointError as e:
+                raise CheckpointError(e.path, f"{e.problem} (model.source {spec.source!r} could not be "
+                                              f"loaded)") from None
         try:
-            model = AutoModelForCausalLM.from_pretrained(spec.source, revision=spec.revision)
-            tokenizer = AutoTokenizer.from_pretrained(spec.source, revision=spec.revision)
+            model = AutoModelForCausalLM.from_pretrained(str(local) if local.exists() else spec.source,
+                                                         revision=spec.revision)
+            tokenizer = AutoTokenizer.from_pretrained(str(local) if local.exists() else spec.source,
+                                                      revision=spec.revision)
         except OSError as e:
             raise ModelError(f"model {spec.source!r} could not be loaded (no hub access here?): {e}") from e
+        except (SafetensorError, ValueError) as e:  # a damaged file in the hub cache, an unknown architecture
+            raise ModelError(f"model {spec.source!r} could not be loaded ({type(e).__name__}: {e})") from e
         model.save_pretrained(out_dir, safe_serialization=True)
         tokenizer.save_pretrained(out_dir)
     return {"source": spec.source, "parameters": count_parameters(out_dir)}

@@ -215,8 +215,12 @@ def run_stage(stage: str, recipe: Recipe, key: str, upstream: StageRecord | None
     ``input_keys`` maps the extra input stages of ``STAGES[stage].inputs`` to their keys;
     ``progress`` is told the fraction of training steps done (0..1) while the stage trains.
 
-    A file lock makes a second run with the same key wait for the first and then reuse its
-    output. With ``force`` the stage is recomputed and republished under the same key.
+    Two runs that reach the same key never both compute it (design.md §2): a file lock in the
+    local cache serialises the runs of this machine, and the store's lease (``lease.json`` with
+    conditional writes on S3, an ``fcntl`` lock under a local root) those of machines sharing the
+    artifact root. The second run waits and then reuses the first's output, or takes the stage
+    over if the first failed or died. With ``force`` the stage is recomputed and republished
+    under the same key (after any run computing it now).
     """
     lock_path = local_cache_dir() / "locks" / f"{stage}-{key}.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -224,8 +228,12 @@ def run_stage(stage: str, recipe: Recipe, key: str, upstream: StageRecord | None
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not force and (hit := cached_record(store, stage, key)):
             return hit
-        return _compute(stage, recipe, key, upstream, store, parent_tracker, data_root, force, input_keys or {},
-                        progress)
+        with store.lease(stage, key) as lease:
+            if not lease.acquire(lambda: not force and store.stage_manifest(stage, key) is not None):
+                log.info("%s: published by another run while this one waited (key %s); reusing it", stage, key)
+                return cached_record(store, stage, key)
+            return _compute(stage, recipe, key, upstream, store, parent_tracker, data_root, force, input_keys or {},
+                            progress, lease)
 
 
 def _fetch_inputs(stage: str, recipe: Recipe, upstream: StageRecord | None, store: ArtifactStore,
@@ -249,9 +257,7 @@ def _fetch_inputs(stage: str, recipe: Recipe, upstream: StageRecord | None, stor
 
 
 def _compute(stage, recipe, key, upstream, store, parent_tracker, data_root, force=False,
-             input_keys=None, progress=None) -> StageRecord:
-    from posttrain.tracking import flatten
-
+             input_keys=None, progress=None, lease=None) -> StageRecord:
     definition = STAGES[stage]
     work = local_cache_dir() / "work" / stage / key
     shutil.rmtree(work, ignore_errors=True)
@@ -259,6 +265,24 @@ def _compute(stage, recipe, key, upstream, store, parent_tracker, data_root, for
     inputs = _fetch_inputs(stage, recipe, upstream, store, input_keys or {})
     exclude = excluded_ids(recipe, data_root, store) if stage in TRAINING_STAGES else frozenset()
     tracker = parent_tracker.child(stage, {"stage_key": key}) if parent_tracker else None
+    try:
+        record = _run_and_publish(stage, definition, recipe, key, upstream, store, tracker, work, data_root, force,
+                                  inputs, exclude, progress, lease)
+    except BaseException:
+        if tracker:
+            tracker.end("FAILED")
+        raise
+    if tracker:
+        tracker.end("FINISHED")  # after what it spooled, if the server was down meanwhile
+    return record
+
+
+def _run_and_publish(stage, definition, recipe, key, upstream, store, tracker, work, data_root, force, inputs,
+                     exclude, progress, lease) -> StageRecord:
+    """The stage's computation, then its publication under ``key`` (``_compute`` owns the tracker)."""
+    from posttrain.engines import vllm_defaults
+    from posttrain.tracking import flatten
+
     cfg = definition.config(recipe)
     cfg_json = cfg.model_dump(mode="json") if isinstance(cfg, BaseModel) else cfg
     if tracker:
@@ -271,27 +295,26 @@ def _compute(stage, recipe, key, upstream, store, parent_tracker, data_root, for
                        data_root=data_root, checkpoints=checkpoints, exclude_ids=exclude, progress=progress)
     start = time.monotonic()
     log.info("%s: running (key %s)", stage, key)
-    from posttrain.engines import vllm_defaults
-
-    try:
-        with vllm_defaults(tensor_parallel_size=recipe.launch.tensor_parallel_size):
-            summary = definition.run(ctx, recipe)
-    except BaseException:
-        if tracker:
-            tracker.end("FAILED")
-        raise
+    with vllm_defaults(tensor_parallel_size=recipe.launch.tensor_parallel_size):
+        summary = definition.run(ctx, recipe)
     seconds = time.monotonic() - start
     numeric = {f"stage/{k}": v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    run_id = None
     if tracker:
         tracker.log_metrics({**numeric, "stage/seconds": seconds})
+        if not tracker.flush() and tracker.pending:  # created while the server was down, and it still is
+            log.warning("%s: its MLflow run is not created yet (server %s down), so the manifest names none; the "
+                        "run is created with its metrics when the server answers", stage, tracker.uri)
+        run_id = None if tracker.pending else tracker.run_id
     (work / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if lease is not None:
+        lease.check()  # still ours: no other run took the key over while this one computed
     # --force republishes under the same key: withdraw the old manifest first, so no reader ever
     # pairs it with the new files.
     store.delete(f"{store.stage_prefix(stage, key)}/manifest.json")
     manifest = store.publish_stage(stage, key, work, extra={
         "summary": json.loads(json.dumps(summary, default=str)), "config_hash": config_hash(cfg_json),
-        "upstream": upstream.key if upstream else None, "mlflow_run_id": tracker.run_id if tracker else None,
-        "seconds": seconds})
+        "upstream": upstream.key if upstream else None, "mlflow_run_id": run_id, "seconds": seconds})
     if tracker:
         for name in ("summary.json", "eval_table.md", "eval_table.json", "distill_report.json",
                      "filter_report.json", "rollout_samples.json", "probe_report.json", "probe_heatmap.png",
@@ -299,7 +322,6 @@ def _compute(stage, recipe, key, upstream, store, parent_tracker, data_root, for
                      "lengths.png"):
             if (work / name).is_file():
                 tracker.log_artifact(work / name, str(Path(name).parent) if "/" in name else None)
-        tracker.end("FINISHED")
     checkpoints.clear()  # the output is published: its resume points are no longer needed
     shutil.rmtree(work, ignore_errors=True)
     return StageRecord(stage=stage, key=key, uri=store.uri(store.stage_prefix(stage, key)),

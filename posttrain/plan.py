@@ -86,19 +86,31 @@ def previous_stage(stage: str) -> str | None:
 
 
 def import_model(uri: str, store: ArtifactStore) -> StageRecord:
-    """Publish an existing checkpoint folder (local path or s3:// prefix of a stage output) as a stage
-    output named ``imported``, so ``--from STAGE --model URI`` can start the pipeline from it."""
+    """Publish an existing checkpoint folder (a local path) as a stage output named ``imported``, so
+    ``--from STAGE --model URI`` can start the pipeline from it.
+
+    The folder is checked first (``posttrain.modeling.check_checkpoint``: config, every shard,
+    every safetensors header against its file's size), so a missing, corrupt or truncated
+    checkpoint is refused before anything is written to the store.
+
+    Raises:
+        ValueError: for an ``s3://`` URI.
+        CheckpointError: (a ``ValueError``) naming the folder or the file at fault, with ``--model``.
+    """
     import hashlib
     import shutil
     import tempfile
 
+    from posttrain.modeling import CheckpointError, check_checkpoint
     from posttrain.storage import sha256_file
 
-    src = Path(uri)
+    src = Path(uri).expanduser()
     if uri.startswith("s3://"):
         raise ValueError("--model takes a local checkpoint folder; for an s3:// stage output use --from with its stage")
-    if not (src / "config.json").is_file():
-        raise ValueError(f"--model {uri}: not a Hugging Face model folder (no config.json)")
+    try:
+        check_checkpoint(src)
+    except CheckpointError as e:
+        raise CheckpointError(e.path, f"{e.problem} (--model {uri})") from None
     digest = hashlib.sha256()
     for f in sorted(p for p in src.rglob("*") if p.is_file()):
         digest.update(f.relative_to(src).as_posix().encode() + sha256_file(f).encode())

@@ -32,36 +32,87 @@ class TensorEntry:
     end: int
 
 
+# Bytes per element of the safetensors dtypes (sub-byte ones such as F4 are not size-checked).
+_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "I16": 2, "U16": 2,
+             "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8}
+_MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header, bytes
+
+
 def read_header(path: Path) -> dict[str, TensorEntry]:
     """The tensors of one ``.safetensors`` file, from its JSON header only (no tensor data read).
 
+    The header is checked as safetensors itself checks it on load: well-formed entries, each
+    tensor's byte range matching its dtype and shape, the ranges contiguous from 0, and together
+    covering the file to its last byte.
+
     Raises:
-        ValueError: if the file is not a safetensors file.
+        CheckpointError: (a ``ValueError``) naming the file, "truncated" when it is shorter than
+            its header says, "corrupt" otherwise.
     """
+    from posttrain.modeling import CheckpointError
+
+    path = Path(path)
+    size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
-        size = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
-        if not 0 < size < 1 << 30:
-            raise ValueError(f"{path}: not a safetensors file")
-        try:
-            header = json.loads(f.read(size))
-        except ValueError as e:
-            raise ValueError(f"{path}: not a safetensors file ({e})") from None
+        if len(head) < 8:
+            raise CheckpointError(path, f"truncated: {size} bytes, shorter than a safetensors header")
+        length = struct.unpack("<Q", head)[0]
+        if not 0 < length <= _MAX_HEADER:
+            raise CheckpointError(path, f"corrupt: not a safetensors file (header length {length})")
+        if 8 + length > size:
+            raise CheckpointError(path, f"truncated: the header needs {length} bytes, {size - 8} follow")
+        raw = f.read(length)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+        if not isinstance(header, dict):
+            raise ValueError(f"a JSON {type(header).__name__}, not an object")
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(path, f"corrupt: not a safetensors file (header: {e})") from None
     header.pop("__metadata__", None)
-    base = 8 + size
-    return {name: TensorEntry(path, h["dtype"], tuple(h["shape"]), base + h["data_offsets"][0],
-                              base + h["data_offsets"][1]) for name, h in header.items()}
+    base = 8 + length
+    entries: dict[str, TensorEntry] = {}
+    for name, h in header.items():
+        try:
+            dtype, shape, (start, end) = h["dtype"], tuple(h["shape"]), h["data_offsets"]
+            if not (isinstance(dtype, str) and all(type(d) is int and d >= 0 for d in shape)
+                    and type(start) is int and type(end) is int and 0 <= start <= end):
+                raise ValueError
+        except (TypeError, KeyError, ValueError):
+            raise CheckpointError(path, f"corrupt: malformed header entry for tensor {name!r}") from None
+        entries[name] = TensorEntry(path, dtype, shape, base + start, base + end)
+    data_end = max((e.end for e in entries.values()), default=base)
+    if data_end > size:
+        raise CheckpointError(path, f"truncated: its tensors end at byte {data_end}, the file holds {size}")
+    position = base
+    for name, e in sorted(entries.items(), key=lambda item: (item[1].start, item[1].end)):
+        if e.dtype in _ITEMSIZE and e.end - e.start != math.prod(e.shape) * _ITEMSIZE[e.dtype]:
+            raise CheckpointError(path, f"corrupt: tensor {name!r} is {e.dtype}{list(e.shape)} in "
+                                        f"{e.end - e.start} bytes")
+        if e.start != position:
+            raise CheckpointError(path, f"corrupt: tensor {name!r} starts at byte {e.start}, not {position}")
+        position = e.end
+    if position != size:
+        raise CheckpointError(path, f"corrupt: {size - position} bytes after the last tensor")
+    return entries
 
 
 def weight_files(model_dir: Path) -> list[Path]:
     """The safetensors files of a Hugging Face folder: the index's shards, or ``model.safetensors``.
 
     Raises:
-        ValueError: if the folder holds no safetensors weights.
+        ValueError: if the folder holds no safetensors weights; ``CheckpointError`` (a
+            ``ValueError``) for an unreadable index or a shard it names that is missing.
     """
+    from posttrain.modeling import CheckpointError, _weight_map
+
     index = model_dir / INDEX_FILE
     if index.is_file():
-        return sorted({model_dir / f for f in json.loads(index.read_text())["weight_map"].values()})
+        files = sorted({model_dir / f for f in _weight_map(index).values()})
+        for f in files:
+            if not f.is_file():
+                raise CheckpointError(index, f"truncated checkpoint: it names shard {f.name!r}, which is missing")
+        return files
     if (model_dir / SINGLE_FILE).is_file():
         return [model_dir / SINGLE_FILE]
     files = sorted(p for p in model_dir.glob("*.safetensors") if p.name != "adapter_model.safetensors")
@@ -92,20 +143,24 @@ def read_flat(entry: TensorEntry, handle, offset: int = 0, count: int | None = N
     only what is returned. ``count=None``: to the end.
 
     Raises:
-        ValueError: if the stored byte range does not match the dtype and shape, or the file is short.
+        CheckpointError: (a ``ValueError``) if the stored byte range does not match the dtype and
+            shape ("corrupt"), or the file is short ("truncated").
     """
     import torch
+
+    from posttrain.modeling import CheckpointError
 
     dtype = getattr(torch, _DTYPES[entry.dtype])
     numel = math.prod(entry.shape)
     if entry.end - entry.start != numel * dtype.itemsize:
-        raise ValueError(f"{entry.file}: a {entry.dtype}{list(entry.shape)} tensor in {entry.end - entry.start} bytes")
+        raise CheckpointError(entry.file, f"corrupt: a {entry.dtype}{list(entry.shape)} tensor in "
+                                          f"{entry.end - entry.start} bytes")
     count = numel - offset if count is None else count
     flat = torch.empty(count, dtype=dtype)
     if count:
         handle.seek(entry.start + offset * dtype.itemsize)
         if handle.readinto(memoryview(flat.view(torch.uint8).numpy())) != count * dtype.itemsize:
-            raise ValueError(f"{entry.file}: truncated")
+            raise CheckpointError(entry.file, f"truncated: tensor data ends before byte {entry.end}")
     return flat
 
 

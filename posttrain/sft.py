@@ -25,7 +25,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-from posttrain.checkpoints import param_delta, save_model
+from posttrain.checkpoints import param_delta, save_model, train_from
 from posttrain.config import LaunchSpec, LoraSpec, SFTStage, TrainSpec
 from posttrain.context import StageContext
 from posttrain.launch import launchable
@@ -84,7 +84,7 @@ def train_sft(pairs: list[dict], model_dir: Path, out_dir: Path, train: TrainSpe
         callbacks.append(checkpoint_upload_callback(build(upload)))
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          callbacks=callbacks, peft_config=lora_config(lora))
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    result = train_from(trainer, resume_from)
     summary = {"examples": len(pairs), "steps": result.global_step, "train_loss": result.training_loss}
     if trainer.accelerator.is_main_process:  # the one writer when several ranks train
         save_model(trainer.model.merge_and_unload() if lora else trainer.model, tokenizer, out_dir)

@@ -4,21 +4,34 @@ Stage outputs are content-addressed: ``<root>/stages/<stage>/<key>/``. A stage's
 uploaded first and ``manifest.json`` (files, sizes, sha256) last, so a folder without a
 manifest is never taken for an output. S3 goes through boto3; the endpoint comes from
 ``AWS_ENDPOINT_URL_S3`` (boto3 reads it itself) and credentials from the usual AWS variables.
+
+Faults: an S3 call that meets an unreachable or overloaded endpoint is retried with exponential
+backoff for at most ``POSTTRAIN_S3_RETRY_SECONDS`` (default 300), then fails with a
+:class:`StorageError` naming the endpoint, the URI, the attempts and the time spent. A stage
+output is computed by one run at a time across machines: :meth:`ArtifactStore.lease`.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 import os
+import random
 import shutil
+import socket
 import tempfile
+import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable
 
 MANIFEST = "manifest.json"
+LEASE = "lease.json"
+log = logging.getLogger(__name__)
 
 
 class StorageError(RuntimeError):
@@ -42,6 +55,17 @@ def default_root() -> str:
 def local_cache_dir() -> Path:
     """Where S3 objects are downloaded to (``POSTTRAIN_CACHE`` or ``./.cache/posttrain``)."""
     return Path(os.environ.get("POSTTRAIN_CACHE", ".cache/posttrain")).resolve()
+
+
+def s3_retry_seconds() -> float:
+    """How long one S3 operation keeps retrying an unreachable endpoint (``POSTTRAIN_S3_RETRY_SECONDS``, 300)."""
+    return float(os.environ.get("POSTTRAIN_S3_RETRY_SECONDS", "300"))
+
+
+def lease_seconds() -> float:
+    """How long a stage lease lives without renewal (``POSTTRAIN_LEASE_SECONDS``, 120): a run that
+    dies on another machine blocks the key for at most this long."""
+    return float(os.environ.get("POSTTRAIN_LEASE_SECONDS", "120"))
 
 
 @dataclass(frozen=True)
@@ -125,19 +149,28 @@ class ArtifactStore:
 
         Returns the manifest: ``{stage, key, files: {relpath: {size, sha256}}, content_hash, ...extra}``
         where ``content_hash`` is the sha256 over the sorted file entries.
+
+        Raises:
+            StorageError: naming the stage, key and folder, when an upload fails; the manifest
+                is then not written, so the partial upload is never taken for an output.
         """
         prefix = self.stage_prefix(stage, key)
         files: dict[str, dict] = {}
-        for path in sorted(p for p in Path(local_dir).rglob("*") if p.is_file()):
-            rel = path.relative_to(local_dir).as_posix()
-            if rel == MANIFEST or rel.startswith("checkpoints/"):
-                continue
-            files[rel] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
-            self.put_file(path, f"{prefix}/{rel}")
-        content = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
-        manifest = {"stage": stage, "key": key, "files": files, "content_hash": content,
-                    "created": time.time(), **(extra or {})}
-        self.put_json(f"{prefix}/{MANIFEST}", manifest)
+        try:
+            for path in sorted(p for p in Path(local_dir).rglob("*") if p.is_file()):
+                rel = path.relative_to(local_dir).as_posix()
+                if rel in (MANIFEST, LEASE) or rel.startswith("checkpoints/"):
+                    continue
+                files[rel] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+                self.put_file(path, f"{prefix}/{rel}")
+            content = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+            manifest = {"stage": stage, "key": key, "files": files, "content_hash": content,
+                        "created": time.time(), **(extra or {})}
+            self.put_json(f"{prefix}/{MANIFEST}", manifest)
+        except StorageError as e:
+            raise StorageError(f"{stage} (key {key}): publishing to {self.uri(prefix)} stopped before its manifest "
+                               f"was written, so nothing of it is visible as an output; rerun once the store is "
+                               f"reachable. {e}") from e
         return manifest
 
     def fetch_stage(self, stage: str, key: str) -> Path:
@@ -152,6 +185,10 @@ class ArtifactStore:
         return self._materialise(self.stage_prefix(stage, key), manifest)
 
     def _materialise(self, prefix: str, manifest: dict) -> Path:
+        raise NotImplementedError
+
+    def lease(self, stage: str, key: str) -> "StageLease":
+        """The lease that lets one run at a time compute ``stage``/``key`` (design.md §2)."""
         raise NotImplementedError
 
 
@@ -214,9 +251,53 @@ class LocalStore(ArtifactStore):
     def _materialise(self, prefix: str, manifest: dict) -> Path:
         return self._path(prefix)
 
+    def lease(self, stage: str, key: str) -> "StageLease":
+        return LocalLease(self, stage, key)
+
+
+# Error codes of an overloaded or briefly unavailable S3 endpoint (besides any 5xx status).
+_TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "Throttling",
+                    "ThrottlingException", "RequestLimitExceeded", "TooManyRequests"}
+_BACKOFF_FIRST, _BACKOFF_CAP = 1.0, 30.0  # seconds: 1, 2, 4, ... 30, 30 (each times a jitter in [0.5, 1])
+
+
+def _transient(e: BaseException | None) -> bool:
+    """Whether an exception from boto3 means "the endpoint is unreachable or busy": worth retrying."""
+    from boto3.exceptions import RetriesExceededError
+    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (ConnectionError, HTTPClientError)):  # refused, reset, DNS, timeouts
+            return True
+        if isinstance(e, ClientError):
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            return status >= 500 or e.response.get("Error", {}).get("Code") in _TRANSIENT_CODES
+        if isinstance(e, RetriesExceededError):
+            e = e.last_exception
+            continue
+        e = e.__cause__ or e.__context__  # boto3's S3UploadFailedError keeps the ClientError only as context
+    return False
+
+
+def _error_code(e: BaseException) -> str:
+    from botocore.exceptions import ClientError
+
+    if isinstance(e, ClientError):
+        return str(e.response.get("Error", {}).get("Code", ""))
+    return ""
+
 
 class S3Store(ArtifactStore):
-    """An S3 (or S3-compatible) bucket and prefix, through boto3."""
+    """An S3 (or S3-compatible) bucket and prefix, through boto3.
+
+    Every call is retried while the endpoint is unreachable or answers 5xx / throttling, with
+    exponential backoff (1 s doubling to 30 s, jittered) until ``POSTTRAIN_S3_RETRY_SECONDS`` are
+    spent (the last attempt may end later: by a few seconds for a refused connection, by up to two
+    10 s connect timeouts for a silent host). Inside each attempt botocore retries once by itself,
+    which absorbs a single dropped request or multipart part.
+    """
 
     def __init__(self, uri: str):
         import boto3
@@ -227,55 +308,89 @@ class S3Store(ArtifactStore):
         if not bucket:
             raise StorageError(f"{uri!r} names no bucket")
         self.bucket, self.prefix = bucket, prefix.strip("/")
-        self.client = boto3.client("s3", config=Config(retries={"max_attempts": 8, "mode": "standard"}))
+        self.client = boto3.client("s3", config=Config(retries={"max_attempts": 2, "mode": "standard"},
+                                                       connect_timeout=10, read_timeout=60))
+        self.retry_seconds = s3_retry_seconds()
+
+    @property
+    def endpoint(self) -> str:
+        return self.client.meta.endpoint_url
 
     def _key(self, rel: str) -> str:
         return f"{self.prefix}/{rel}" if self.prefix else rel
 
+    def _call(self, what: str, rel: str, fn: Callable[[], Any], expected: tuple[str, ...] = (),
+              budget: float | None = None) -> Any:
+        """``fn()``, retried while the endpoint is unreachable or busy (see the class) for
+        ``budget`` seconds (default ``POSTTRAIN_S3_RETRY_SECONDS``).
+
+        A ``ClientError`` whose code is in ``expected`` (a missing key, a failed condition) is
+        raised as is, for the caller to handle.
+
+        Raises:
+            StorageError: naming the endpoint, ``what`` and the URI of ``rel``: after the retry
+                time when the endpoint stays unreachable, at once for any other error.
+        """
+        start, attempt = time.monotonic(), 0
+        budget = self.retry_seconds if budget is None else budget
+        while True:
+            attempt += 1
+            try:
+                return fn()
+            except Exception as e:  # boto3 raises several unrelated types
+                if expected and _error_code(e) in expected:
+                    raise
+                elapsed = time.monotonic() - start
+                if not _transient(e):
+                    raise StorageError(f"{what} {self.uri(rel)} failed: {e}") from e
+                delay = min(_BACKOFF_CAP, _BACKOFF_FIRST * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+                if elapsed + delay > budget:
+                    raise StorageError(
+                        f"S3 endpoint {self.endpoint} unreachable: {what} {self.uri(rel)} failed after {attempt} "
+                        f"attempts over {elapsed:.1f} s (POSTTRAIN_S3_RETRY_SECONDS={self.retry_seconds:g}); "
+                        f"last error: {e}") from e
+                if attempt == 1:
+                    log.warning("S3 endpoint %s: %s %s failed (%s); retrying for up to %g s", self.endpoint, what,
+                                self.uri(rel), e, budget)
+                time.sleep(delay)
+
     def put_file(self, local: Path, rel: str) -> None:
-        try:
-            self.client.upload_file(str(local), self.bucket, self._key(rel))
-        except Exception as e:  # boto3 raises several unrelated types here
-            raise StorageError(f"upload of {local} to {self.uri(rel)} failed: {e}") from e
+        self._call(f"upload of {local} to", rel,
+                   lambda: self.client.upload_file(str(local), self.bucket, self._key(rel)))
 
     def get_file(self, rel: str, local: Path) -> None:
         Path(local).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.client.download_file(self.bucket, self._key(rel), str(local))
-        except Exception as e:
-            raise StorageError(f"download of {self.uri(rel)} failed: {e}") from e
+        self._call("download of", rel, lambda: self.client.download_file(self.bucket, self._key(rel), str(local)))
 
     def exists(self, rel: str) -> bool:
         from botocore.exceptions import ClientError
 
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self._key(rel))
+            self._call("lookup of", rel, lambda: self.client.head_object(Bucket=self.bucket, Key=self._key(rel)),
+                       expected=("404", "NoSuchKey", "NotFound"))
             return True
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise StorageError(f"cannot reach {self.uri(rel)}: {e}") from e
+        except ClientError:
+            return False
 
-    def _iter_objects(self, prefix: str) -> Iterator[dict]:
-        paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
-            yield from page.get("Contents", [])
+    def _objects(self, prefix: str) -> list[dict]:
+        def listing() -> list[dict]:
+            paginator = self.client.get_paginator("list_objects_v2")
+            return [o for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix))
+                    for o in page.get("Contents", [])]
 
-    def _iter_keys(self, prefix: str) -> Iterator[str]:
-        for obj in self._iter_objects(prefix):
-            yield obj["Key"]
+        return self._call("listing of", prefix, listing)
 
     def list(self, prefix: str) -> list[str]:
         strip = len(self.prefix) + 1 if self.prefix else 0
-        return sorted(k[strip:] for k in self._iter_keys(prefix))
+        return sorted(o["Key"][strip:] for o in self._objects(prefix))
 
     def list_info(self, prefix: str) -> list[ObjectInfo]:
         strip = len(self.prefix) + 1 if self.prefix else 0
         return sorted((ObjectInfo(o["Key"][strip:], int(o["Size"]), o["LastModified"].timestamp())
-                       for o in self._iter_objects(prefix)), key=lambda info: info.rel)
+                       for o in self._objects(prefix)), key=lambda info: info.rel)
 
     def delete(self, rel: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self._key(rel))
+        self._call("deletion of", rel, lambda: self.client.delete_object(Bucket=self.bucket, Key=self._key(rel)))
 
     def _materialise(self, prefix: str, manifest: dict) -> Path:
         dest = local_cache_dir() / self.bucket / self._key(prefix)
@@ -290,6 +405,225 @@ class S3Store(ArtifactStore):
                     raise StorageError(f"{self.uri(prefix + '/' + rel)}: sha256 differs from its manifest")
         done.write_text(json.dumps(manifest))
         return dest
+
+    def lease(self, stage: str, key: str) -> "StageLease":
+        return S3Lease(self, stage, key)
+
+
+class StageLease:
+    """The right to compute one stage key, held by one run at a time (design.md §2: two runs that
+    reach the same key never both write it; the second waits and reuses the first's output).
+
+    Use as a context manager; :meth:`acquire` waits for the lease or for the output, and the lease
+    is released on exit (after publication, or when the stage fails, so a waiting run takes over).
+    """
+
+    def __init__(self, store: ArtifactStore, stage: str, key: str):
+        self.store, self.stage, self.key = store, stage, key
+        self.owner = {"owner": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
+                      "stage": stage, "key": key}
+        self.poll = max(0.2, min(5.0, lease_seconds() / 4))
+
+    def acquire(self, published: Callable[[], bool]) -> bool:
+        """Wait until this run holds the lease (True), or until ``published()`` says another run
+        published the output meanwhile (False: reuse it)."""
+        raise NotImplementedError
+
+    def check(self) -> None:
+        """Raise StorageError if the lease was lost (another run took it over): do not publish then."""
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> "StageLease":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def _waiting(self, holder: dict | None, where: str) -> None:
+        who = (f"host {holder.get('host')}, pid {holder.get('pid')}" if holder else "another process")
+        log.info("%s (key %s): another run (%s) is computing it; waiting for its output (lease %s)",
+                 self.stage, self.key, who, where)
+
+
+class LocalLease(StageLease):
+    """A local root: an ``fcntl`` lock on ``<root>/.locks/<stage>-<key>.lock``, released by the
+    kernel if the holder dies."""
+
+    def __init__(self, store: LocalStore, stage: str, key: str):
+        super().__init__(store, stage, key)
+        self.path = store.base / ".locks" / f"{stage}-{key}.lock"
+        self._file = None
+
+    def acquire(self, published: Callable[[], bool]) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            try:
+                holder = json.loads(f.read() or "null")
+            except json.JSONDecodeError:
+                holder = None
+            self._waiting(holder, str(self.path))
+            fcntl.flock(f, fcntl.LOCK_EX)  # until the holder releases it (or dies)
+        if published():
+            f.close()
+            return False
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps({**self.owner, "acquired": time.time()}))
+        f.flush()
+        self._file = f
+        return True
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing drops the lock
+            self._file = None
+
+
+class S3Lease(StageLease):
+    """An S3 root: ``stages/<stage>/<key>/lease.json`` created with a conditional PUT
+    (``If-None-Match: *``, so exactly one run creates it), renewed every quarter of its lifetime
+    with ``If-Match`` on its ETag, and deleted (``If-Match``) after publication. A lease not renewed
+    for ``POSTTRAIN_LEASE_SECONDS`` by the server's clock, or held by a dead process on this
+    host, is stale: a waiting run takes it over with ``If-Match`` on the stale ETag, so only one
+    run can.
+    """
+
+    _TAKEN = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
+    _MISSING = ("NoSuchKey", "404", "NotFound")
+
+    def __init__(self, store: S3Store, stage: str, key: str):
+        super().__init__(store, stage, key)
+        self.store: S3Store = store
+        self.rel = f"{store.stage_prefix(stage, key)}/{LEASE}"
+        self.ttl = lease_seconds()
+        self.etag: str | None = None
+        self.lost: dict | None = None
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    def _body(self) -> bytes:
+        return json.dumps({**self.owner, "ttl": self.ttl, "renewed": time.time()}).encode()
+
+    def _put(self, budget: float | None = None, **condition) -> str:
+        s = self.store
+        return s._call("lease write of", self.rel, lambda: s.client.put_object(
+            Bucket=s.bucket, Key=s._key(self.rel), Body=self._body(), ContentType="application/json", **condition),
+            expected=self._TAKEN + self._MISSING, budget=budget)["ETag"]
+
+    def _read(self) -> tuple[dict, str, float] | None:
+        """The current lease: ``(content, etag, age in seconds by the server's clock)``, or None."""
+        from botocore.exceptions import ClientError
+        from email.utils import parsedate_to_datetime
+
+        s = self.store
+        try:
+            r = s._call("lease read of", self.rel, lambda: s.client.get_object(Bucket=s.bucket, Key=s._key(self.rel)),
+                        expected=self._MISSING)
+        except ClientError:
+            return None
+        try:
+            content = json.loads(r["Body"].read())
+        except json.JSONDecodeError:
+            content = {}
+        date = r.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+        now = parsedate_to_datetime(date).timestamp() if date else time.time()
+        return content, r["ETag"], now - r["LastModified"].timestamp()
+
+    def _stale(self, content: dict, age: float) -> bool:
+        if age > float(content.get("ttl", self.ttl)):
+            return True
+        if content.get("host") == socket.gethostname() and isinstance(content.get("pid"), int):
+            try:
+                os.kill(content["pid"], 0)
+            except ProcessLookupError:  # the holder died on this machine
+                return True
+            except PermissionError:
+                pass
+        return False
+
+    def _try_take(self) -> tuple[bool, dict | None]:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.etag = self._put(IfNoneMatch="*")
+            return True, None
+        except ClientError:
+            pass  # someone holds it
+        current = self._read()
+        if current is None:  # released in between: try again at once
+            return False, None
+        content, etag, age = current
+        if self._stale(content, age):
+            try:
+                self.etag = self._put(IfMatch=etag)
+            except ClientError:  # renewed, or taken over by someone else first
+                return False, content
+            log.warning("%s (key %s): took over the stale lease %s of host %s pid %s (last renewed %.0f s ago)",
+                        self.stage, self.key, self.store.uri(self.rel), content.get("host"), content.get("pid"), age)
+            return True, None
+        return False, content
+
+    def acquire(self, published: Callable[[], bool]) -> bool:
+        announced = False
+        while True:
+            taken, holder = self._try_take()
+            if taken:
+                if published():  # the previous holder published and released just before
+                    self.release()
+                    return False
+                self._renewer = threading.Thread(target=self._renew, name=f"lease-{self.stage}", daemon=True)
+                self._renewer.start()
+                return True
+            if holder is not None and not announced:
+                self._waiting(holder, self.store.uri(self.rel))
+                announced = True
+            if published():
+                return False
+            time.sleep(self.poll if holder is not None else 0.05)
+
+    def _renew(self) -> None:
+        from botocore.exceptions import ClientError
+
+        while not self._stop.wait(self.ttl / 4):
+            try:  # retried until the next renewal is due at most, so that release() never waits long
+                self.etag = self._put(budget=self.ttl / 4, IfMatch=self.etag)
+            except ClientError:
+                current = self._read()
+                self.lost = current[0] if current else {}
+                log.error("%s (key %s): lease %s lost to host %s pid %s", self.stage, self.key,
+                          self.store.uri(self.rel), self.lost.get("host"), self.lost.get("pid"))
+                return
+            except StorageError as e:  # the store is unreachable: keep trying; the lease may expire
+                log.warning("%s (key %s): could not renew lease: %s", self.stage, self.key, e)
+
+    def check(self) -> None:
+        if self.lost is not None:
+            raise StorageError(f"{self.stage} (key {self.key}): lost the lease {self.store.uri(self.rel)} to host "
+                               f"{self.lost.get('host')} pid {self.lost.get('pid')} (not renewed for "
+                               f"{self.ttl:g} s): not publishing over that run's output")
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join()
+            self._renewer = None
+        if self.etag is None or self.lost is not None:
+            return
+        s, etag = self.store, self.etag
+        self.etag = None
+        try:
+            s._call("lease deletion of", self.rel, lambda: s.client.delete_object(
+                Bucket=s.bucket, Key=s._key(self.rel), IfMatch=etag), expected=self._TAKEN + self._MISSING,
+                budget=min(s.retry_seconds, 10.0))
+        except Exception as e:  # never hide the stage's own outcome; the lease expires by itself
+            log.warning("%s (key %s): could not delete lease %s (it expires in %g s): %s", self.stage, self.key,
+                        s.uri(self.rel), self.ttl, e)
 
 
 def fetch(uri: str) -> Path:

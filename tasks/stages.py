@@ -16,25 +16,23 @@ from tasks.results import result_storage
 
 
 def stage_cache_key(context, parameters: dict) -> str | None:
-    """Prefect cache key = the stage's content key (and the store holding it), but only while its
-    output is still published there: a deleted output is recomputed, never taken from a stale record."""
+    """Prefect cache key = the stage's content key and the store holding it. ``for_stage``
+    refreshes the cache whenever the output is not published there (first run, deleted output,
+    ``--force``), so a stale cache record is never returned and every run leaves one behind."""
     plan: RunPlan = parameters["plan"]
     stage: str = parameters["stage"]
-    if stage in plan.force:
-        return None
-    key = plan.stage_keys[stage]
-    if plan.store().stage_manifest(stage, key) is None:
-        return None
-    return f"{stage}-{key}-{hashlib.sha256(plan.artifacts.encode()).hexdigest()[:8]}"
+    return f"{stage}-{plan.stage_keys[stage]}-{hashlib.sha256(plan.artifacts.encode()).hexdigest()[:8]}"
 
 
 def _summary_markdown(record: StageRecord) -> str:
+    from posttrain.redact import display_url
     from posttrain.tracking import run_url
 
     rows = "\n".join(f"| {k} | {v} |" for k, v in record.summary.items() if not isinstance(v, (dict, list)))
     mlflow = f"`{record.mlflow_run_id}`"
     if record.mlflow_run_id and (url := run_url(record.mlflow_run_id)):
-        mlflow = f"[{record.mlflow_run_id}]({url})"
+        # a tracking URI may carry its credentials (https://user:token@host): the link never does
+        mlflow = f"[{record.mlflow_run_id}]({display_url(url)})"
     return (f"### {record.stage}\n\n- output: `{record.uri}`\n- key: `{record.key}`\n"
             f"- MLflow run: {mlflow}\n- seconds: {record.seconds:.1f}\n\n| field | value |\n|---|---|\n{rows}\n")
 
@@ -105,9 +103,11 @@ def decontamination_task(plan: RunPlan) -> dict:
 
 def for_stage(stage: str, plan: RunPlan):
     """``stage_task`` named after ``stage`` (so the Prefect UI shows stage names), its results and
-    cache records in the run's artifact store, refreshing its cache under --force."""
-    return stage_task.with_options(name=stage, task_run_name=stage, refresh_cache=stage in plan.force,
-                                   result_storage=result_storage(plan.artifacts))
+    cache records in the run's artifact store; the cache is refreshed under --force and whenever
+    the stage's output is not published."""
+    published = plan.store().stage_manifest(stage, plan.stage_keys[stage]) is not None
+    return stage_task.with_options(name=stage, task_run_name=stage, result_storage=result_storage(plan.artifacts),
+                                   refresh_cache=stage in plan.force or not published)
 
 
 def run_stage_here(stage: str, plan: RunPlan, upstream: StageRecord | None) -> StageRecord:

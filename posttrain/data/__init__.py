@@ -6,11 +6,12 @@ subsampling; ``registered_sources()`` lists them. Sources live in ``sources_math
 ``prompts``. A bad row raises ``DataError`` naming the file, the row and the field.
 """
 
-from posttrain.data.errors import DataError
+from posttrain.data.errors import DataError, UnknownSourceError
 from posttrain.data.hub import HubMapping
 from posttrain.data.loading import MixtureSpec, load_mixture, load_source, resolve_data_root, subsample
 from posttrain.data.sources import (
     SourceSpec,
+    check_benchmark,
     get_source,
     register_source,
     registered_sources,
@@ -23,6 +24,8 @@ __all__ = [
     "HubMapping",
     "MixtureSpec",
     "SourceSpec",
+    "UnknownSourceError",
+    "check_benchmark",
     "get_source",
     "load_mixture",
     "load_source",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+
 
 class DataError(ValueError):
     """A row of a data file does not have the shape its loader expects.
@@ -46,3 +48,24 @@ class UserFileMissing(DataError, FileNotFoundError):
 
     def __init__(self, path: str, how: str) -> None:
         super().__init__(path, None, None, f"not found. {how}", unit="file")
+
+
+class UnknownSourceError(KeyError, ValueError):
+    """A data source (or benchmark) name that is not registered; the message lists the registered ones.
+
+    A ``KeyError`` for code that looks names up, a ``ValueError`` for code that validates input.
+    ``str()`` is the plain message (a bare ``KeyError`` would quote it).
+
+    Attributes:
+        name: the unknown name.
+        registered: the names that would have been accepted.
+    """
+
+    def __init__(self, name: str, registered: list[str], kind: str = "data source", hint: str = "") -> None:
+        self.name, self.registered, self.kind = name, list(registered), kind
+        close = difflib.get_close_matches(name, self.registered, n=1)
+        guess = f" (did you mean {close[0]!r}?)" if close else ""
+        super().__init__(f"unknown {kind} {name!r}{guess}; registered: {', '.join(self.registered)}{hint}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])

@@ -9,13 +9,14 @@ which domain, verifier and prompt template the records get. The dataset is read 
 from __future__ import annotations
 
 import json
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterable
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from posttrain.data.errors import DataError
 from posttrain.data.prompts import NAMED_TEMPLATES
-from posttrain.data.readers import Row
+from posttrain.data.readers import Row, read_csv, read_json_array, read_jsonl
 from posttrain.records import Domain, Record, Reference
 
 # Verifiers whose reference is one column: ``answer`` (a string) or, for code, ``tests``.
@@ -49,14 +50,19 @@ class HubMapping(BaseModel):
             raise ValueError(f"template must be one of {sorted(NAMED_TEMPLATES)} or contain '{{problem}}'")
         return value
 
-    @model_validator(mode="after")
-    def _supported_verifier(self) -> "HubMapping":
-        if self.verifier not in _ANSWER_VERIFIERS | _TESTS_VERIFIERS:
-            raise ValueError(
-                f"verifier {self.verifier!r} needs more than one reference column; a hub mapping "
-                f"supports {sorted(_ANSWER_VERIFIERS | _TESTS_VERIFIERS)}"
-            )
-        return self
+    @field_validator("verifier")
+    @classmethod
+    def _supported_verifier(cls, value: str) -> str:
+        supported = sorted(_ANSWER_VERIFIERS | _TESTS_VERIFIERS)
+        if value in supported:
+            return value
+        from posttrain.verifiers.base import registered_verifiers  # only on this error path: imports sympy
+
+        if value not in registered_verifiers():
+            raise ValueError(f"unknown verifier {value!r}; registered: {', '.join(registered_verifiers())} "
+                             f"(a mapping supports {', '.join(supported)})")
+        raise ValueError(f"verifier {value!r} needs more than one reference column; a mapping supports "
+                         f"{', '.join(supported)}")
 
     def render_prompt(self, problem: str) -> str:
         """The user turn for ``problem`` under ``template``."""
@@ -95,7 +101,9 @@ def load_hub_records(path_or_id: str, source: str, mapping: HubMapping) -> list[
     import datasets  # slow import (~2 s): only for hub roots
 
     dataset = datasets.load_dataset(path_or_id, split=mapping.split)
-    return _records(dataset, f"hf://{path_or_id}[{mapping.split}]", source, mapping, {"hub": path_or_id})
+    where = f"hf://{path_or_id}[{mapping.split}]"
+    rows = (Row(data, where, number, "row") for number, data in enumerate(dataset, start=1))
+    return _records(rows, where, source, mapping, {"hub": path_or_id})
 
 
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -105,31 +113,53 @@ def load_file_records(path: str, source: str, mapping: HubMapping) -> list[Recor
     """Records of one JSONL, JSON, CSV or parquet file mapped by ``mapping`` (its ``split`` unused),
     ids ``<source>/<id column>``; ``meta`` holds ``problem`` and ``file``.
 
+    JSONL, CSV and JSON (an array, or JSON lines) are read by ``posttrain.data.readers`` (rows
+    counted as lines, data rows and elements, values as written); parquet by ``datasets``.
+
     Raises:
         FileNotFoundError: naming the file if it does not exist.
         ValueError: for a suffix other than .jsonl/.json/.csv/.parquet.
-        DataError: naming the file, the 1-based row and the column, for a bad value.
+        DataError: naming the file, the 1-based row and the column, for a bad value; naming the
+            file for one that cannot be parsed at all or holds no row.
     """
-    import datasets
-    from pathlib import Path
-
-    suffix = Path(path).suffix.lower()
+    file = Path(path)
+    suffix = file.suffix.lower()
     if suffix not in FILE_FORMATS:
         raise ValueError(f"{path}: unsupported benchmark file type {suffix!r}; use one of {sorted(FILE_FORMATS)}")
-    if not Path(path).is_file():
+    if not file.is_file():
         raise FileNotFoundError(f"{path}: benchmark file not found (source {source!r})")
-    dataset = datasets.load_dataset(FILE_FORMATS[suffix], data_files=str(path), split="train")
-    return _records(dataset, str(path), source, mapping, {"file": str(path)})
+    rows: Iterable[Row]
+    if suffix == ".jsonl":
+        rows = read_jsonl(file)
+    elif suffix == ".csv":
+        rows = read_csv(file)
+    elif suffix == ".json":
+        with open(file, "rb") as fh:
+            head = fh.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+        rows = read_json_array(file) if head.startswith(b"[") else read_jsonl(file)
+    else:
+        import datasets
+
+        try:
+            dataset = datasets.load_dataset(FILE_FORMATS[suffix], data_files=str(path), split="train")
+        except Exception as e:  # pyarrow / datasets errors carry no row: name the file at least
+            raise DataError(str(path), None, None, f"cannot be read as {suffix[1:]} ({type(e).__name__}: {e})",
+                            "file") from e
+        rows = (Row(data, str(path), number, "row") for number, data in enumerate(dataset, start=1))
+    return _records(rows, str(path), source, mapping, {"file": str(path)})
 
 
-def _records(dataset, where: str, source: str, mapping: HubMapping, extra_meta: dict) -> list[Record]:
-    records = []
-    for number, data in enumerate(dataset, start=1):
-        row = Row(data, where, number, "row")
+def _records(rows: Iterable[Row], where: str, source: str, mapping: HubMapping, extra_meta: dict) -> list[Record]:
+    records, first_row = [], {}
+    for row in rows:
         problem = row.text(mapping.prompt_field)
+        key = row.answer(mapping.id_field)
+        if key in first_row:
+            raise row.error(mapping.id_field, f"duplicate id {key!r} (first in {row.unit} {first_row[key]})")
+        first_row[key] = row.number
         records.append(
             Record(
-                id=f"{source}/{row.answer(mapping.id_field)}",
+                id=f"{source}/{key}",
                 domain=mapping.domain,
                 prompt=mapping.render_prompt(problem),
                 verifier=mapping.verifier,
@@ -138,9 +168,6 @@ def _records(dataset, where: str, source: str, mapping: HubMapping, extra_meta: 
                 meta={"problem": problem.strip(), **extra_meta},
             )
         )
-    seen: set[str] = set()
-    for rec in records:
-        if rec.id in seen:
-            raise DataError(where, None, mapping.id_field, f"duplicate record id {rec.id!r}", "row")
-        seen.add(rec.id)
+    if not records:
+        raise DataError(where, None, None, f"no records for source {source!r} (the file is empty?)", "file")
     return records

@@ -57,7 +57,7 @@ def subsample(records: Sequence[Record], limit: int | None, seed: int = 0) -> li
         return list(records)
 
     def rank(i: int) -> bytes:
-        return hashlib.sha256(f"{seed}:{records[i].id}".encode()).digest()
+        return hashlib.sha256(f"{seed}:{records[i].id}".encode("utf-8", "surrogatepass")).digest()
 
     keep = set(sorted(range(len(records)), key=rank)[:limit])
     return [rec for i, rec in enumerate(records) if i in keep]
@@ -147,12 +147,14 @@ def load_mixture(
     Raises:
         ValueError: for an invalid spec (pydantic ``ValidationError``), or if two specs give the
             same record id (the same source listed twice).
+        DataError: if ``specs`` is not empty but the mixture holds no record (every ``limit`` 0),
+            naming the data root and the sources.
         and whatever ``load_source`` raises.
     """
     records: list[Record] = []
     seen: dict[str, str] = {}
-    for raw in specs:
-        spec = MixtureSpec.model_validate(raw)
+    specs = [MixtureSpec.model_validate(raw) for raw in specs]
+    for spec in specs:
         root = spec.data_root if spec.data_root is not None else data_root
         if spec.where:
             pool = [r for r in load_source(spec.source, root, None, seed, spec.mapping)
@@ -167,4 +169,8 @@ def load_mixture(
                 raise ValueError(f"mixture: record id {rec.id!r} comes twice (source {spec.source!r} listed twice?)")
             seen[rec.id] = spec.source
             records.append(rec)
+    if specs and not records:
+        names = ", ".join(f"{s.source} (limit {s.limit})" if s.limit is not None else s.source for s in specs)
+        raise DataError(resolve_data_root(None if data_root is None else str(data_root)), None, None,
+                        f"the mixture of {names} holds no records", "file")
     return records

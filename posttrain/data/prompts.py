@@ -114,8 +114,8 @@ def last_boxed(text: str) -> str | None:
 
 def _same_answer(a: str, b: str) -> bool:
     a, b = "".join(a.split()), "".join(b.split())
-    if a.isdigit() and b.isdigit():
-        return int(a) == int(b)  # AIME writes "015" for 15
+    if a.isascii() and a.isdigit() and b.isascii() and b.isdigit():  # AIME writes "015" for 15
+        return (a.lstrip("0") or "0") == (b.lstrip("0") or "0")  # as text: int() refuses 4300+ digits
     return a == b
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
-from posttrain.data.errors import DataError
+from posttrain.data.errors import DataError, UnknownSourceError
 from posttrain.records import Record
 
 log = logging.getLogger(__name__)
@@ -51,14 +51,19 @@ class SourceSpec:
 
         Raises:
             FileNotFoundError: if a data file is missing.
-            DataError: for a bad row, or for a duplicate id (naming the first file).
+            DataError: for a bad row; for a duplicate id, or a file that yields no record at all
+                (empty, or every row skipped), naming the file (``row`` None).
         """
         records = self.fn(Path(data_root))
+        where = ", ".join(str(Path(data_root) / f) for f in self.files) if self.files else self.name
+        if not records:
+            skipped = skipped_rows(self.name)
+            why = f" ({sum(skipped.values())} rows skipped: {skipped})" if skipped else " (the file is empty?)"
+            raise DataError(where, None, None, f"no records for source {self.name!r}{why}", "file")
         seen: set[str] = set()
         for rec in records:
             if rec.id in seen:
-                where = str(Path(data_root) / self.files[0]) if self.files else self.name
-                raise DataError(where, None, "id", f"duplicate record id {rec.id!r} in source {self.name!r}")
+                raise DataError(where, None, "id", f"duplicate record id {rec.id!r} in source {self.name!r}", "file")
             seen.add(rec.id)
         return records
 
@@ -97,13 +102,28 @@ def get_source(name: str) -> SourceSpec:
     """The registered source ``name``.
 
     Raises:
-        KeyError: naming the unknown source and the registered ones.
+        UnknownSourceError: (a ``KeyError`` and a ``ValueError``) naming the unknown source and
+            listing the registered ones.
     """
     _import_builtin_sources()
     try:
         return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown data source {name!r}; registered: {sorted(_REGISTRY)}") from None
+    except (KeyError, TypeError):  # TypeError: an unhashable "name" from a malformed recipe
+        raise UnknownSourceError(str(name), sorted(_REGISTRY)) from None
+
+
+def check_benchmark(name: str) -> SourceSpec:
+    """The source a benchmark name refers to: any registered source (evaluation sources are the
+    benchmarks proper; a training source such as ``synthetic_digits`` may be evaluated too).
+
+    Raises:
+        UnknownSourceError: "unknown benchmark ...", listing the registered evaluation sources.
+    """
+    try:
+        return get_source(name)
+    except UnknownSourceError:
+        raise UnknownSourceError(str(name), registered_sources("eval"), "benchmark",
+                                 " (training sources are accepted too: posttrain.data.registered_sources())") from None
 
 
 def registered_sources(split: Split | None = None) -> list[str]:

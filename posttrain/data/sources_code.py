@@ -63,9 +63,9 @@ def _io_tests(row: Row, field: str, checker: str | None = None) -> list[dict[str
 
 def _time_limit_s(statement: str) -> float | None:
     # Codeforces: "Time Limit: 2000 ms"; CodeContests: "Time Limit: {'seconds': 2, 'nanos': 0}".
-    if m := re.search(r"Time Limit:\s*(\d+(?:\.\d+)?)\s*ms", statement):
+    if m := re.search(r"Time Limit:\s*([0-9]{1,9}(?:\.[0-9]{1,9})?)\s*ms", statement):
         return float(m.group(1)) / 1000
-    if m := re.search(r"Time Limit:\s*\{'seconds':\s*(\d+),\s*'nanos':\s*(\d+)\}", statement):
+    if m := re.search(r"Time Limit:\s*\{'seconds':\s*([0-9]{1,9}),\s*'nanos':\s*([0-9]{1,9})\}", statement):
         return int(m.group(1)) + int(m.group(2)) / 1e9
     return None
 
@@ -124,11 +124,14 @@ def codejam(data_root: Path) -> list[Record]:
             continue
         key = row.text("id")
         statement = row.text("statement").lstrip("-\n ")  # the converted HTML starts with a stray "-"
-        year = re.search(r"/(\d{4})/", f"/{key}/")
+        year = re.search(r"/([0-9]{4})/", f"/{key}/")
+        left_out = row.get("tests_left_out") or []
+        if not isinstance(left_out, list):
+            raise row.error("tests_left_out", f"expected a list, got {type(left_out).__name__}")
         records.append(
             code_record("codejam", key, code_stdio_prompt(statement), statement, tests, None,
                         competition=row.get("competition"), contest=row.get("source"), name=row.get("name"),
-                        year=int(year.group(1)) if year else None, tests_left_out=len(row.get("tests_left_out") or []))
+                        year=int(year.group(1)) if year else None, tests_left_out=len(left_out))
         )
     note_skipped("codejam", skipped)
     return records

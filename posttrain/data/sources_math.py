@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from posttrain.data.prompts import gsm8k_solution, math_prompt, math_solution
-from posttrain.data.readers import Row, read_csv, read_json_array, read_jsonl
+from posttrain.data.readers import Row, read_csv, read_json_array, read_jsonl, short_repr
 from posttrain.data.sources import note_skipped, register_source
 from posttrain.records import Record, Reference
 
@@ -36,8 +36,9 @@ def math_record(
 
 
 def _aime_answer(answer: str) -> str:
-    # AIME answers are integers 0-999; some files write them with leading zeros ("051").
-    return str(int(answer)) if answer.isdigit() else answer
+    # AIME answers are integers 0-999; some files write them with leading zeros ("051"). ASCII
+    # digits only, stripped as text: int() refuses "²" (isdigit) and 4300+ digits.
+    return (answer.lstrip("0") or "0") if answer.isascii() and answer.isdigit() else answer
 
 
 # ---------------------------------------------------------------- GSM8K
@@ -73,9 +74,9 @@ def _level(row: Row, field: str) -> int | None:
     value = row.raw(field)
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    match = re.fullmatch(r"(?:Level\s*)?(\d+|\?)", str(value).strip())
+    match = re.fullmatch(r"(?:Level\s*)?([0-9]{1,4}|\?)", str(value).strip())
     if match is None:
-        raise row.error(field, f"expected 'Level N' or N, got {value!r}")
+        raise row.error(field, f"expected 'Level N' or N, got {short_repr(value)}")
     return None if match.group(1) == "?" else int(match.group(1))  # MATH train has 2 "Level ?"
 
 
@@ -126,6 +127,8 @@ def aime_1983_2023(data_root: Path) -> list[Record]:
         if solution is not None and not isinstance(solution, str):
             raise row.error("solution", f"expected a string, got {type(solution).__name__}")
         difficulty = row.get("difficulty")
+        if isinstance(difficulty, int) and not isinstance(difficulty, bool) and abs(difficulty) > 10**300:
+            raise row.error("difficulty", "expected a number float() can hold")
         records.append(
             math_record(
                 "aime_1983_2023",

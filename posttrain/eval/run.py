@@ -76,9 +76,15 @@ def after_cutoff(records: list, cutoff: str, benchmark: str) -> list:
 
 
 def benchmark_records(spec: BenchmarkSpec, data_root: str | None, seed: int) -> list:
-    """The problems of one benchmark run: the time split (``after``) first, then ``limit``."""
-    from posttrain.data import load_source, subsample
+    """The problems of one benchmark run: the time split (``after``) first, then ``limit``.
 
+    Raises:
+        UnknownSourceError: (a ``KeyError`` and a ``ValueError``) "unknown benchmark ...",
+            listing the registered benchmarks, for a name that is not a registered source.
+    """
+    from posttrain.data import check_benchmark, load_source, subsample
+
+    check_benchmark(spec.name)
     records = load_source(spec.name, data_root, limit=None if spec.after else spec.limit, seed=seed)
     if spec.after:
         records = subsample(after_cutoff(records, spec.after, spec.name), spec.limit, seed)

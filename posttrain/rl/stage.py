@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from posttrain.checkpoints import param_delta, save_model
+from posttrain.checkpoints import param_delta, save_model, train_from
 from posttrain.config import LaunchSpec, RLStage, TrainSpec
 from posttrain.context import StageContext
 from posttrain.launch import launchable
@@ -137,7 +137,7 @@ def train_phase(records: list[Record], cfg: RLStage, phase: Phase, model_dir: Pa
                           processing_class=tokenizer,
                           callbacks=callbacks, peft_config=lora_config(cfg.lora),
                           mgpo_lambda=cfg.mgpo_lambda, long2short=phase.long2short)
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    result = train_from(trainer, resume_from)
     if trainer.accelerator.is_main_process:  # the one writer when several ranks train
         save_model(trainer.model.merge_and_unload() if cfg.lora else trainer.model, tokenizer, out_dir)
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
@@ -277,6 +277,9 @@ def run_rl_stage(ctx: StageContext, cfg: RLStage, records: list[Record] | None =
                    reward_mean=summary[f"{done_phases[-1]}_reward_mean"],
                    frac_reward_zero_std_min=min(summary[f"{p}_frac_reward_zero_std_min"] for p in done_phases),
                    phases=",".join(done_phases), param_delta_l2=param_delta(ctx.model_in, ctx.model_out)["l2"])
+    if resume_folder is not None:  # a restarted stage: the phase and trainer step it went on from
+        state = json.loads((resume_folder / "trainer_state.json").read_text())
+        summary.update(resumed_phase=resume_phase, resumed_from_step=state["global_step"])
     rollouts = ctx.out_dir / ROLLOUTS
     if rollouts.is_file() and cfg.sample_rollouts:  # the newest few, short, for the Prefect table
         rows = json.loads(rollouts.read_text())[-cfg.sample_rollouts:]

@@ -30,6 +30,21 @@ class Verifier(Protocol):
 _REGISTRY: dict[str, Callable[[], Verifier]] = {}
 
 
+class UnknownVerifierError(KeyError, ValueError):
+    """A verifier name that is not registered; the message lists the registered ones.
+
+    A ``KeyError`` for code that looks names up, a ``ValueError`` for code that validates input;
+    ``str()`` is the plain message.
+    """
+
+    def __init__(self, name: str, registered: Sequence[str]) -> None:
+        self.name, self.registered = name, list(registered)
+        super().__init__(f"unknown verifier {name!r}; registered: {', '.join(self.registered)}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def register_verifier(name: str) -> Callable[[Callable[[], Verifier]], Callable[[], Verifier]]:
     """Class decorator that registers a verifier factory under ``name``.
 
@@ -50,14 +65,14 @@ def get_verifier(name: str) -> Verifier:
     """Return a new instance of the verifier registered as ``name``.
 
     Raises:
-        KeyError: naming the unknown verifier and the registered ones.
+        UnknownVerifierError: (a ``KeyError``) naming the unknown verifier and the registered ones.
     """
     from posttrain import verifiers as _  # noqa: F401  (imports every verifier module)
 
     try:
         factory = _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown verifier {name!r}; registered: {sorted(_REGISTRY)}") from None
+    except (KeyError, TypeError):  # TypeError: an unhashable name from malformed input
+        raise UnknownVerifierError(str(name), sorted(_REGISTRY)) from None
     return factory()
 
 
@@ -77,7 +92,7 @@ def verify_all(names: Sequence[str], completions: Sequence[str], references: Seq
 
     Raises:
         ValueError: if the three sequences differ in length; whatever a verifier raises.
-        KeyError: for an unknown verifier name.
+        UnknownVerifierError: (a ``KeyError``) for an unknown verifier name.
     """
     if not (len(names) == len(completions) == len(references)):
         raise ValueError(f"{len(names)} verifier names, {len(completions)} completions, {len(references)} references")

@@ -104,15 +104,22 @@ def extract_boxed(text: str) -> str | None:
     unbalanced (truncated) box is skipped in favour of an earlier complete one. None if no
     complete box exists.
     """
-    for match in reversed(list(_BOX_OPEN.finditer(text))):
-        depth, start = 1, match.end()
-        for i in range(start, len(text)):
-            if text[i] == "{":
-                depth += 1
-            elif text[i] == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[start:i].strip()
+    boxes = list(_BOX_OPEN.finditer(text))
+    if not boxes:
+        return None
+    # One pass pairs every brace from the first box on (linear: a scan per box would be
+    # quadratic on a long run of unclosed boxes); the scan of each box is the same as before.
+    closing: dict[int, int] = {}
+    stack: list[int] = []
+    for i in range(boxes[0].end() - 1, len(text)):
+        if text[i] == "{":
+            stack.append(i)
+        elif text[i] == "}" and stack:
+            closing[stack.pop()] = i
+    for match in reversed(boxes):
+        end = closing.get(match.end() - 1)
+        if end is not None:
+            return text[match.end():end].strip()
     return None
 
 
@@ -233,6 +240,19 @@ def prepare_for_math_verify(answer: str) -> str:
     return s
 
 
+def _same_integer(a: str, b: str) -> bool:
+    """Two integer literals (``_INTEGER``) by value, ``025`` = ``25``, however long: ``int()``
+    refuses more than 4300 digits (ValueError), so long ones are compared by their digits."""
+    try:
+        return int(a) == int(b)
+    except ValueError:
+        def key(s: str) -> str:
+            digits = s.lstrip("+-").lstrip("0") or "0"
+            return f"-{digits}" if s.startswith("-") and digits != "0" else digits
+
+        return key(a) == key(b)
+
+
 def quick_reason(gold: str, predicted: str) -> Reason | None:
     """Decide without sympy where possible: "correct", "wrong answer", or None (needs math-verify).
 
@@ -246,13 +266,13 @@ def quick_reason(gold: str, predicted: str) -> Reason | None:
     if g == p:
         return "correct"
     if _INTEGER.fullmatch(g) and _INTEGER.fullmatch(p):
-        return "correct" if int(g) == int(p) else "wrong answer"
+        return "correct" if _same_integer(g, p) else "wrong answer"
     if _DECIMAL.fullmatch(g) and _DECIMAL.fullmatch(p):
         return "correct" if Decimal(g) == Decimal(p) else "wrong answer"
     based_gold, based_pred = _BASED.fullmatch(g), _BASED.fullmatch(p)
     if based_gold and (based_pred or _INTEGER.fullmatch(p)):  # "52" answers "52_8": the base is asked
         digits, base = (based_pred[1], based_pred[2]) if based_pred else (p, based_gold[2])
-        same = digits.lstrip("0").lower() == based_gold[1].lstrip("0").lower() and int(base) == int(based_gold[2])
+        same = digits.lstrip("0").lower() == based_gold[1].lstrip("0").lower() and _same_integer(base, based_gold[2])
         return "correct" if same else "wrong answer"
     if is_prose(gold):
         return "correct" if _text_key(gold) == _text_key(predicted) else "wrong answer"
