@@ -256,6 +256,9 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def main(spec_path: str) -> None:
     """One rank: decode the spec, call the function in-process; rank 0 writes ``result.json``."""
+    from posttrain.redact import install_log_redaction
+
+    install_log_redaction()  # as in the flow's process: no credential value in any log record
     rank = process_rank()
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"[rank {rank}] %(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 from urllib.parse import urlsplit
 
+from posttrain.redact import register_secret
+
 log = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
@@ -98,6 +100,7 @@ class TeacherClient:
         self.max_retries, self.backoff_s, self.max_backoff_s = max_retries, backoff_s, max_backoff_s
         self.n_per_request = n_per_request
         self._api_key = (os.environ.get(api_key_env) or None) if api_key_env else None
+        register_secret(self._api_key)  # out of every log record too, whatever the variable's name
 
     def __repr__(self) -> str:
         return f"TeacherClient(url={self.url!r}, model={self.model!r})"

@@ -70,12 +70,24 @@ def check_tracking_server(uri: str | None = None, timeout: float = 5.0) -> None:
     import urllib.error
     import urllib.request
 
+    import base64
+    from urllib.parse import unquote, urlsplit
+
+    from posttrain.redact import display_url
+
     uri = uri or tracking_uri()
     if not _remote(uri):
         return
+    # credentials in the URI go as a Basic header, never into a request line or a message
+    parts, shown = urlsplit(uri), display_url(uri)
+    request = urllib.request.Request(f"{shown.rstrip('/')}/health")
+    if parts.username is not None:
+        token = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        request.add_header("Authorization", "Basic " + base64.b64encode(token).decode())
+    uri = shown
     start = time.monotonic()
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             status = response.status
     except urllib.error.HTTPError as e:  # it answered: 401/403/404 mean a server is there
         status = e.code
@@ -465,7 +477,9 @@ def run_url(run_id: str, uri: str | None = None) -> str | None:
         if not _unavailable(e):
             raise
         return None
-    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    from posttrain.redact import display_url
+
+    return f"{display_url(uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 if __name__ == "__main__":  # python -m posttrain.tracking flush [URI]

@@ -28,6 +28,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_http(url: str, proc, timeout: float, what: str, log: Path | None = None) -> None:
+    """Poll ``url`` until it answers; kill ``proc`` and raise ``RuntimeError(what)`` (with the
+    tail of ``log``) if it exits or ``timeout`` seconds pass first."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError(what + (f"; log: {log.read_text()[-2000:]}" if log else "")) from None
+            time.sleep(0.3)
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     assert DATA.is_dir(), f"shared data not found at {DATA}; set POSTTRAIN_DATA"
@@ -73,24 +91,13 @@ def s3_server():
     """
     import subprocess
     import sys
-    import time
-    import urllib.request
 
     port = free_port()
     exe = Path(sys.executable).with_name("moto_server")
     proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/moto-api/", timeout=2)
-            break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("moto_server did not start")
-            time.sleep(0.3)
+    wait_http(f"{url}/moto-api/", proc, 60, "moto_server did not start")
     yield url
     proc.terminate()
     proc.wait(timeout=10)
@@ -127,8 +134,6 @@ def mlflow_server(tmp_path_factory):
     loopback port, in its own process; yields its URL. Healthy after about 20 s here."""
     import subprocess
     import sys
-    import time
-    import urllib.request
 
     tmp = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
@@ -139,16 +144,7 @@ def mlflow_server(tmp_path_factory):
                              "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
                             stdout=log, stderr=subprocess.STDOUT, cwd=tmp, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError(f"mlflow server did not start; log: {(tmp / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
+    wait_http(f"{url}/health", proc, 120, "mlflow server did not start", tmp / "server.log")
     yield url
     import signal
 
