@@ -7,30 +7,32 @@ manifest is never taken for an output. S3 goes through boto3; the endpoint comes
 
 Faults: an S3 call that meets an unreachable or overloaded endpoint is retried with exponential
 backoff for at most ``POSTTRAIN_S3_RETRY_SECONDS`` (default 300), then fails with a
-:class:`StorageError` naming the endpoint, the URI, the attempts and the time spent. A stage
-output is computed by one run at a time across machines: :meth:`ArtifactStore.lease`.
+:class:`StorageError` naming the endpoint, the URI, the attempts and the time spent
+(:mod:`posttrain.s3_retry`). A stage output is computed by one run at a time across machines:
+:meth:`ArtifactStore.lease` (:mod:`posttrain.lease`). Both modules' public names are
+re-exported here.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import random
 import shutil
-import socket
 import tempfile
-import threading
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+# lease and s3_retry import nothing from this module at import time, so importing them here
+# creates no import cycle (lease imports StorageError inside the methods that use it).
+from posttrain.lease import LEASE, LocalLease, S3Lease, StageLease, lease_seconds  # noqa: F401 (re-exported)
+from posttrain.s3_retry import _BACKOFF_CAP, _BACKOFF_FIRST, _error_code, _transient, s3_retry_seconds
+
 MANIFEST = "manifest.json"
-LEASE = "lease.json"
 log = logging.getLogger(__name__)
 
 
@@ -55,17 +57,6 @@ def default_root() -> str:
 def local_cache_dir() -> Path:
     """Where S3 objects are downloaded to (``POSTTRAIN_CACHE`` or ``./.cache/posttrain``)."""
     return Path(os.environ.get("POSTTRAIN_CACHE", ".cache/posttrain")).resolve()
-
-
-def s3_retry_seconds() -> float:
-    """How long one S3 operation keeps retrying an unreachable endpoint (``POSTTRAIN_S3_RETRY_SECONDS``, 300)."""
-    return float(os.environ.get("POSTTRAIN_S3_RETRY_SECONDS", "300"))
-
-
-def lease_seconds() -> float:
-    """How long a stage lease lives without renewal (``POSTTRAIN_LEASE_SECONDS``, 120): a run that
-    dies on another machine blocks the key for at most this long."""
-    return float(os.environ.get("POSTTRAIN_LEASE_SECONDS", "120"))
 
 
 @dataclass(frozen=True)
@@ -255,40 +246,6 @@ class LocalStore(ArtifactStore):
         return LocalLease(self, stage, key)
 
 
-# Error codes of an overloaded or briefly unavailable S3 endpoint (besides any 5xx status).
-_TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "Throttling",
-                    "ThrottlingException", "RequestLimitExceeded", "TooManyRequests"}
-_BACKOFF_FIRST, _BACKOFF_CAP = 1.0, 30.0  # seconds: 1, 2, 4, ... 30, 30 (each times a jitter in [0.5, 1])
-
-
-def _transient(e: BaseException | None) -> bool:
-    """Whether an exception from boto3 means "the endpoint is unreachable or busy": worth retrying."""
-    from boto3.exceptions import RetriesExceededError
-    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
-
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, (ConnectionError, HTTPClientError)):  # refused, reset, DNS, timeouts
-            return True
-        if isinstance(e, ClientError):
-            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-            return status >= 500 or e.response.get("Error", {}).get("Code") in _TRANSIENT_CODES
-        if isinstance(e, RetriesExceededError):
-            e = e.last_exception
-            continue
-        e = e.__cause__ or e.__context__  # boto3's S3UploadFailedError keeps the ClientError only as context
-    return False
-
-
-def _error_code(e: BaseException) -> str:
-    from botocore.exceptions import ClientError
-
-    if isinstance(e, ClientError):
-        return str(e.response.get("Error", {}).get("Code", ""))
-    return ""
-
-
 class S3Store(ArtifactStore):
     """An S3 (or S3-compatible) bucket and prefix, through boto3.
 
@@ -408,222 +365,6 @@ class S3Store(ArtifactStore):
 
     def lease(self, stage: str, key: str) -> "StageLease":
         return S3Lease(self, stage, key)
-
-
-class StageLease:
-    """The right to compute one stage key, held by one run at a time (design.md §2: two runs that
-    reach the same key never both write it; the second waits and reuses the first's output).
-
-    Use as a context manager; :meth:`acquire` waits for the lease or for the output, and the lease
-    is released on exit (after publication, or when the stage fails, so a waiting run takes over).
-    """
-
-    def __init__(self, store: ArtifactStore, stage: str, key: str):
-        self.store, self.stage, self.key = store, stage, key
-        self.owner = {"owner": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
-                      "stage": stage, "key": key}
-        self.poll = max(0.2, min(5.0, lease_seconds() / 4))
-
-    def acquire(self, published: Callable[[], bool]) -> bool:
-        """Wait until this run holds the lease (True), or until ``published()`` says another run
-        published the output meanwhile (False: reuse it)."""
-        raise NotImplementedError
-
-    def check(self) -> None:
-        """Raise StorageError if the lease was lost (another run took it over): do not publish then."""
-
-    def release(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> "StageLease":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-    def _waiting(self, holder: dict | None, where: str) -> None:
-        who = (f"host {holder.get('host')}, pid {holder.get('pid')}" if holder else "another process")
-        log.info("%s (key %s): another run (%s) is computing it; waiting for its output (lease %s)",
-                 self.stage, self.key, who, where)
-
-
-class LocalLease(StageLease):
-    """A local root: an ``fcntl`` lock on ``<root>/.locks/<stage>-<key>.lock``, released by the
-    kernel if the holder dies."""
-
-    def __init__(self, store: LocalStore, stage: str, key: str):
-        super().__init__(store, stage, key)
-        self.path = store.base / ".locks" / f"{stage}-{key}.lock"
-        self._file = None
-
-    def acquire(self, published: Callable[[], bool]) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(self.path, "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            try:
-                holder = json.loads(f.read() or "null")
-            except json.JSONDecodeError:
-                holder = None
-            self._waiting(holder, str(self.path))
-            fcntl.flock(f, fcntl.LOCK_EX)  # until the holder releases it (or dies)
-        if published():
-            f.close()
-            return False
-        f.seek(0)
-        f.truncate()
-        f.write(json.dumps({**self.owner, "acquired": time.time()}))
-        f.flush()
-        self._file = f
-        return True
-
-    def release(self) -> None:
-        if self._file is not None:
-            self._file.close()  # closing drops the lock
-            self._file = None
-
-
-class S3Lease(StageLease):
-    """An S3 root: ``stages/<stage>/<key>/lease.json`` created with a conditional PUT
-    (``If-None-Match: *``, so exactly one run creates it), renewed every quarter of its lifetime
-    with ``If-Match`` on its ETag, and deleted (``If-Match``) after publication. A lease not renewed
-    for ``POSTTRAIN_LEASE_SECONDS`` by the server's clock, or held by a dead process on this
-    host, is stale: a waiting run takes it over with ``If-Match`` on the stale ETag, so only one
-    run can.
-    """
-
-    _TAKEN = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
-    _MISSING = ("NoSuchKey", "404", "NotFound")
-
-    def __init__(self, store: S3Store, stage: str, key: str):
-        super().__init__(store, stage, key)
-        self.store: S3Store = store
-        self.rel = f"{store.stage_prefix(stage, key)}/{LEASE}"
-        self.ttl = lease_seconds()
-        self.etag: str | None = None
-        self.lost: dict | None = None
-        self._stop = threading.Event()
-        self._renewer: threading.Thread | None = None
-
-    def _body(self) -> bytes:
-        return json.dumps({**self.owner, "ttl": self.ttl, "renewed": time.time()}).encode()
-
-    def _put(self, budget: float | None = None, **condition) -> str:
-        s = self.store
-        return s._call("lease write of", self.rel, lambda: s.client.put_object(
-            Bucket=s.bucket, Key=s._key(self.rel), Body=self._body(), ContentType="application/json", **condition),
-            expected=self._TAKEN + self._MISSING, budget=budget)["ETag"]
-
-    def _read(self) -> tuple[dict, str, float] | None:
-        """The current lease: ``(content, etag, age in seconds by the server's clock)``, or None."""
-        from botocore.exceptions import ClientError
-        from email.utils import parsedate_to_datetime
-
-        s = self.store
-        try:
-            r = s._call("lease read of", self.rel, lambda: s.client.get_object(Bucket=s.bucket, Key=s._key(self.rel)),
-                        expected=self._MISSING)
-        except ClientError:
-            return None
-        try:
-            content = json.loads(r["Body"].read())
-        except json.JSONDecodeError:
-            content = {}
-        date = r.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
-        now = parsedate_to_datetime(date).timestamp() if date else time.time()
-        return content, r["ETag"], now - r["LastModified"].timestamp()
-
-    def _stale(self, content: dict, age: float) -> bool:
-        if age > float(content.get("ttl", self.ttl)):
-            return True
-        if content.get("host") == socket.gethostname() and isinstance(content.get("pid"), int):
-            try:
-                os.kill(content["pid"], 0)
-            except ProcessLookupError:  # the holder died on this machine
-                return True
-            except PermissionError:
-                pass
-        return False
-
-    def _try_take(self) -> tuple[bool, dict | None]:
-        from botocore.exceptions import ClientError
-
-        try:
-            self.etag = self._put(IfNoneMatch="*")
-            return True, None
-        except ClientError:
-            pass  # someone holds it
-        current = self._read()
-        if current is None:  # released in between: try again at once
-            return False, None
-        content, etag, age = current
-        if self._stale(content, age):
-            try:
-                self.etag = self._put(IfMatch=etag)
-            except ClientError:  # renewed, or taken over by someone else first
-                return False, content
-            log.warning("%s (key %s): took over the stale lease %s of host %s pid %s (last renewed %.0f s ago)",
-                        self.stage, self.key, self.store.uri(self.rel), content.get("host"), content.get("pid"), age)
-            return True, None
-        return False, content
-
-    def acquire(self, published: Callable[[], bool]) -> bool:
-        announced = False
-        while True:
-            taken, holder = self._try_take()
-            if taken:
-                if published():  # the previous holder published and released just before
-                    self.release()
-                    return False
-                self._renewer = threading.Thread(target=self._renew, name=f"lease-{self.stage}", daemon=True)
-                self._renewer.start()
-                return True
-            if holder is not None and not announced:
-                self._waiting(holder, self.store.uri(self.rel))
-                announced = True
-            if published():
-                return False
-            time.sleep(self.poll if holder is not None else 0.05)
-
-    def _renew(self) -> None:
-        from botocore.exceptions import ClientError
-
-        while not self._stop.wait(self.ttl / 4):
-            try:  # retried until the next renewal is due at most, so that release() never waits long
-                self.etag = self._put(budget=self.ttl / 4, IfMatch=self.etag)
-            except ClientError:
-                current = self._read()
-                self.lost = current[0] if current else {}
-                log.error("%s (key %s): lease %s lost to host %s pid %s", self.stage, self.key,
-                          self.store.uri(self.rel), self.lost.get("host"), self.lost.get("pid"))
-                return
-            except StorageError as e:  # the store is unreachable: keep trying; the lease may expire
-                log.warning("%s (key %s): could not renew lease: %s", self.stage, self.key, e)
-
-    def check(self) -> None:
-        if self.lost is not None:
-            raise StorageError(f"{self.stage} (key {self.key}): lost the lease {self.store.uri(self.rel)} to host "
-                               f"{self.lost.get('host')} pid {self.lost.get('pid')} (not renewed for "
-                               f"{self.ttl:g} s): not publishing over that run's output")
-
-    def release(self) -> None:
-        self._stop.set()
-        if self._renewer is not None:
-            self._renewer.join()
-            self._renewer = None
-        if self.etag is None or self.lost is not None:
-            return
-        s, etag = self.store, self.etag
-        self.etag = None
-        try:
-            s._call("lease deletion of", self.rel, lambda: s.client.delete_object(
-                Bucket=s.bucket, Key=s._key(self.rel), IfMatch=etag), expected=self._TAKEN + self._MISSING,
-                budget=min(s.retry_seconds, 10.0))
-        except Exception as e:  # never hide the stage's own outcome; the lease expires by itself
-            log.warning("%s (key %s): could not delete lease %s (it expires in %g s): %s", self.stage, self.key,
-                        s.uri(self.rel), self.ttl, e)
 
 
 def fetch(uri: str) -> Path:

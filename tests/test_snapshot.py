@@ -56,7 +56,14 @@ def test_one_byte_changes_the_hash(data_root, copied_root):
 
 
 def test_unknown_source_and_missing_file_are_named(data_root, copied_root):
-    recipe = load_recipe(RECIPE, ["rl_code.data=[{source: no_such_source}]"])
+    from posttrain.config import RecipeError
+
+    # the recipe loader already refuses it, naming the entry ...
+    with pytest.raises(RecipeError, match=r"rl_code\.data\[0\]\.source: unknown data source 'no_such_source'"):
+        load_recipe(RECIPE, ["rl_code.data=[{source: no_such_source}]"])
+    # ... and so does the snapshot of a recipe built without that check (an older registry, say)
+    recipe = load_recipe(RECIPE)
+    recipe.rl_code.data[0].source = "no_such_source"
     with pytest.raises(ValueError, match=r"rl_code\.data\[0\]: unknown data source 'no_such_source'"):
         data_snapshot(recipe, data_root)
     (copied_root / "train/math_train.jsonl").unlink()
