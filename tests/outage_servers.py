@@ -10,25 +10,11 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
-from conftest import free_port
+from conftest import free_port, wait_http
 
 BIN = Path(sys.executable).parent
-
-
-def _wait_http(url: str, proc: subprocess.Popen, timeout: float, what: str, log: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError(f"{what} did not start" + (f"; log: {log.read_text()[-2000:]}" if log else ""))
-            time.sleep(0.2)
 
 
 class Moto:
@@ -42,7 +28,7 @@ class Moto:
     def start(self) -> "Moto":
         self.proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_http(f"{self.url}/moto-api/", self.proc, 60, "moto_server")
+        wait_http(f"{self.url}/moto-api/", self.proc, 60, "moto_server did not start")
         return self
 
     def stop(self) -> None:
@@ -131,7 +117,7 @@ class MlflowServer:
                  "--artifacts-destination", str(self.folder / "artifacts"), "--serve-artifacts",
                  "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
                 stdout=out, stderr=subprocess.STDOUT, cwd=self.folder, start_new_session=True)
-        _wait_http(f"{self.url}/health", self.proc, 180, "mlflow server", log)
+        wait_http(f"{self.url}/health", self.proc, 180, "mlflow server did not start", log)
         return time.monotonic() - start
 
     def stop(self) -> None:
