@@ -6,16 +6,15 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from flows import post_training as pipeline
-from posttrain.config import Recipe
-from tasks.nightly import (champion_task, cleanup_task, gate_task, load_nightly_recipe, register_task,
-                           save_snapshot_task, snapshot_task)
+from posttrain.config import Recipe, resolve_recipe
+from tasks.nightly import champion_task, cleanup_task, gate_task, register_task, save_snapshot_task, snapshot_task
 
 
 # Named like the flow: `prefect deploy --name post-training/nightly` matches deployments by the
 # entrypoint's function name.
 @flow(name="post-training", flow_run_name="nightly-{recipe_path}", log_prints=True)
 def post_training(recipe_path: str = "recipes/tiny-cpu.yaml", recipe: Recipe | None = None,
-            overrides: list[str] | None = None, artifacts: str | None = None) -> dict:
+                  overrides: list[str] | None = None, artifacts: str | None = None) -> dict:
     """Retrain on new data and promote the result only if it beats the champion.
 
     1. The data snapshot (content hash of the recipe's training sources) equals the last nightly
@@ -31,7 +30,7 @@ def post_training(recipe_path: str = "recipes/tiny-cpu.yaml", recipe: Recipe | N
     from posttrain.plan import PIPELINE
 
     logger = get_run_logger()
-    recipe, recipe_label = load_nightly_recipe(recipe_path, recipe, overrides)
+    recipe, recipe_label = resolve_recipe(recipe_path, recipe, overrides)
     snapshot = snapshot_task(recipe, artifacts)
     if not snapshot["changed"]:
         logger.info("no new data: snapshot %s equals the last nightly run's (%s); nothing to train",
@@ -40,7 +39,7 @@ def post_training(recipe_path: str = "recipes/tiny-cpu.yaml", recipe: Recipe | N
     champion = champion_task(recipe, artifacts)
     stages = PIPELINE[1:] if champion else PIPELINE
     result = pipeline.post_training(recipe_path=recipe_label, recipe=recipe, only=stages,
-                           start_model=champion["model"] if champion else None, artifacts=artifacts)
+                                    start_model=champion["model"] if champion else None, artifacts=artifacts)
     candidate = register_task(recipe, result, snapshot["hash"])
     decision = gate_task(recipe, result, champion, candidate)
     cleanup = cleanup_task(recipe, result["artifacts"])

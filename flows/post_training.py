@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from posttrain.config import Recipe, apply_overrides, load_recipe, validate_recipe
+from posttrain.config import Recipe, resolve_recipe
 from posttrain.plan import make_plan
 from tasks.stages import decontamination_task, dispatch, record_run, resolve_upstream
 
@@ -30,11 +30,7 @@ def post_training(recipe_path: str = "recipes/tiny-cpu.yaml", recipe: Recipe | N
 
     check_tracking_server()  # fail in seconds, before any compute, rather than after MLflow's minutes of retries
     logger = get_run_logger()
-    if recipe is not None:
-        recipe_path = "<parameter>"
-        recipe = validate_recipe(apply_overrides(recipe.model_dump(mode="json"), overrides), recipe_path)
-    else:
-        recipe = load_recipe(recipe_path, overrides)
+    recipe, recipe_path = resolve_recipe(recipe_path, recipe, overrides)
     stages = only or PIPELINE
     start = None
     if start_model:

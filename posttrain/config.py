@@ -19,7 +19,7 @@ from posttrain.data.loading import MixtureSpec
 # Re-exported. recipe_loading needs Recipe only inside its functions (a deferred import), so
 # importing it here at the top creates no import cycle; see its module docstring.
 from posttrain.recipe_loading import (  # noqa: F401
-    RecipeError, apply_overrides, config_hash, load_recipe, validate_recipe)
+    RecipeError, apply_overrides, config_hash, load_recipe, resolve_recipe, validate_recipe)
 
 
 class TinyModel(Strict):

@@ -233,6 +233,21 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     return validate_recipe(apply_overrides(tree, overrides, str(path)), str(path), overrides)
 
 
+def resolve_recipe(recipe_path: str, recipe: Recipe | None = None,
+                   overrides: list[str] | None = None) -> tuple[Recipe, str]:
+    """The recipe a flow runs and a label for it: ``recipe`` itself (a flow parameter, shown in
+    the Prefect UI as a form; label ``<parameter>``) when given, else the file at
+    ``recipe_path``; ``overrides`` apply to either.
+
+    Raises:
+        RecipeError: as ``load_recipe`` / ``validate_recipe``.
+    """
+    if recipe is None:
+        return load_recipe(recipe_path, overrides), recipe_path
+    label = "<parameter>"
+    return validate_recipe(apply_overrides(recipe.model_dump(mode="json"), overrides, label), label, overrides), label
+
+
 def config_hash(obj: Any) -> str:
     """sha256 of a JSON-able object or pydantic model, keys sorted."""
     if isinstance(obj, BaseModel):

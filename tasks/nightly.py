@@ -9,15 +9,8 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from posttrain.config import Recipe, apply_overrides, load_recipe, validate_recipe
+from posttrain.config import Recipe
 from posttrain.storage import ArtifactStore, default_root
-
-
-def load_nightly_recipe(recipe_path: str, recipe: Recipe | None, overrides: list[str] | None) -> tuple[Recipe, str]:
-    """The recipe (a parameter, or the file at ``recipe_path``) with overrides, and a label for it."""
-    if recipe is not None:
-        return validate_recipe(apply_overrides(recipe.model_dump(mode="json"), overrides), "<parameter>"), "<parameter>"
-    return load_recipe(recipe_path, overrides), recipe_path
 
 
 def _store(artifacts: str | None) -> ArtifactStore:

